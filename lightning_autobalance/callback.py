@@ -1,0 +1,359 @@
+"""``AutoBalance``: the callback that tunes the training loss by hypergradient steps during ``trainer.fit``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.optim import Optimizer
+
+from lightning_autobalance.data.split import HeldOutSplit
+from lightning_autobalance.hypergrad import LinearSolver, Neumann, hypergradient
+from lightning_autobalance.learned_loss import load_loss, save_loss
+from lightning_autobalance.losses import HPARAM_KINDS, PRESETS, ParametricCrossEntropy
+from lightning_autobalance.mixin import AutoBalanceMixin
+from lightning_autobalance.objectives import Objective, get_objective
+
+__all__ = ["AutoBalance"]
+
+STATE_VERSION = 1
+HyperOptimizerFactory = Callable[[Iterable[Tensor]], Optimizer]
+
+
+class _AutoBalanceForward(nn.Module):
+    """Calls ``module.autobalance_forward`` so :func:`torch.func.functional_call` can substitute its weights."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+        return self.module.autobalance_forward(batch)
+
+
+class AutoBalance(Callback):
+    r"""Tune the loss hyperparameters α = (Δ, ι, ω) of an :class:`AutoBalanceMixin` module during ``trainer.fit``.
+
+    The search phase of AutoBalance (PAPERS.md §1): ordinary weight steps on the train split, and every
+    ``every_n_steps`` weight steps after ``warmup_epochs`` a *hyper-step*: the implicit-function-theorem
+    hypergradient of the held-out ``objective`` with respect to α, averaged over ``train_batches`` fresh train batches
+    (inner loss) and ``heldout_batches`` held-out batches (objective), is averaged across processes and applied by the
+    hyper-optimizer. At the end of fit the learned loss is written to a YAML file (:func:`load_loss` reads it back).
+
+    The datamodule must be a :class:`~lightning_autobalance.data.HeldOutSplit`. The state (α, hyper-optimizer,
+    counters) is saved in checkpoints, so a resumed run continues exactly.
+
+    Args:
+        preset: initial loss, one of ``ce``, ``weighted``, ``la``, ``cdt``, ``vs`` (ignored if ``loss`` is given).
+        learn: which kinds to tune: any of ``"delta"``, ``"iota"``, ``"omega"``.
+        tau: τ of the ``la`` / ``vs`` presets.
+        gamma: γ of the ``cdt`` / ``vs`` presets.
+        block_size: classes (sorted by frequency) that share one parameter.
+        delta_parameterization: ``"sigmoid"`` (bounded, default) or ``"exp"``.
+        loss: a ready :class:`ParametricCrossEntropy` to tune instead of a preset.
+        objective: ``"balanced"`` or a callable ``(logits, targets, groups) -> scalar`` on held-out batches.
+        warmup_epochs: epochs with α frozen before the first hyper-step.
+        every_n_steps: weight steps between hyper-steps.
+        train_batches: train batches averaged in the inner loss of a hyper-step.
+        heldout_batches: held-out batches averaged in the objective (capped by the size of the held-out split).
+        batch_size: batch size of the hyper-step batches (default: the training loader's).
+        hyper_optimizer: factory ``params -> Optimizer`` (default SGD with ``hyper_lr`` and momentum 0.9).
+        hyper_lr: learning rate of the default hyper-optimizer.
+        solver: how H⁻¹ is applied (default ``Neumann(terms=5, alpha=1.0)``, the reference's).
+        export_path: where to write the learned loss (default ``<log_dir>/autobalance_loss.yaml``).
+        seed: seed of the hyper-step batch draws.
+
+    Example:
+        >>> callback = AutoBalance(preset="la", learn=("delta", "iota"), warmup_epochs=2, every_n_steps=20)
+        >>> callback.every_n_steps
+        20
+    """
+
+    load_loss = staticmethod(load_loss)
+
+    def __init__(
+        self,
+        *,
+        preset: str = "ce",
+        learn: Sequence[str] = ("delta", "iota"),
+        tau: float = 1.0,
+        gamma: float = 0.3,
+        block_size: int = 1,
+        delta_parameterization: str = "sigmoid",
+        loss: ParametricCrossEntropy | None = None,
+        objective: str | Objective = "balanced",
+        warmup_epochs: int = 0,
+        every_n_steps: int = 20,
+        train_batches: int = 10,
+        heldout_batches: int = 10,
+        batch_size: int | None = None,
+        hyper_optimizer: HyperOptimizerFactory | None = None,
+        hyper_lr: float = 0.01,
+        solver: LinearSolver | None = None,
+        export_path: str | os.PathLike[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if loss is None and preset not in PRESETS:
+            raise ValueError(f"Unknown loss preset {preset!r}: choose one of {', '.join(PRESETS)}.")
+        learn = tuple(learn)
+        if loss is None and (not learn or set(learn) - set(HPARAM_KINDS)):
+            raise ValueError(f"learn must name at least one of {', '.join(HPARAM_KINDS)}, got {list(learn)}.")
+        if loss is not None and not loss.learnable:
+            raise ValueError("The loss passed to AutoBalance has nothing learnable: build it with learnable=[...].")
+        for name, value, minimum in (
+            ("warmup_epochs", warmup_epochs, 0),
+            ("every_n_steps", every_n_steps, 1),
+            ("train_batches", train_batches, 1),
+            ("heldout_batches", heldout_batches, 1),
+            ("block_size", block_size, 1),
+        ):
+            if not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}.")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1 or None, got {batch_size}.")
+        if not hyper_lr > 0:
+            raise ValueError(f"hyper_lr must be positive, got {hyper_lr}.")
+        self.preset, self.learn, self.tau, self.gamma = preset, learn, tau, gamma
+        self.block_size, self.delta_parameterization, self.initial_loss = block_size, delta_parameterization, loss
+        self.objective = get_objective(objective)
+        self.warmup_epochs, self.every_n_steps = warmup_epochs, every_n_steps
+        self.train_batches, self.heldout_batches, self.batch_size = train_batches, heldout_batches, batch_size
+        self.hyper_optimizer_factory = hyper_optimizer or partial(torch.optim.SGD, lr=hyper_lr, momentum=0.9)
+        self.solver: LinearSolver = solver if solver is not None else Neumann(terms=5, alpha=1.0)
+        self.export_path = None if export_path is None else Path(export_path)
+        self.seed = seed
+
+        self.loss: ParametricCrossEntropy | None = None
+        self.hyper_optimizer: Optimizer | None = None
+        self.hyper_steps = 0
+        self.skipped_steps = 0
+        self.exported_path: Path | None = None
+        self._pending_state: dict[str, Any] | None = None
+        self._forward: _AutoBalanceForward | None = None
+        self._last_step = -1
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Check the module and data, install the tunable loss and create the hyper-optimizer."""
+        if stage != "fit":
+            return
+        if not isinstance(pl_module, AutoBalanceMixin):
+            raise TypeError(
+                f"AutoBalance needs a LightningModule with AutoBalanceMixin, got {type(pl_module).__name__}: declare "
+                f"`class {type(pl_module).__name__}(AutoBalanceMixin, LightningModule)` and compute the training "
+                "loss with `self.autobalance_loss(logits, y)`."
+            )
+        datamodule = trainer.datamodule
+        if not isinstance(datamodule, HeldOutSplit):
+            raise TypeError(
+                "AutoBalance tunes the loss on a held-out split of the training data: pass the datamodule wrapped as "
+                "`trainer.fit(model, datamodule=HeldOutSplit(datamodule, fraction=0.2))`"
+                f" (got {type(datamodule).__name__})."
+            )
+        absent = torch.nonzero(datamodule.heldout_class_counts == 0).flatten().tolist()
+        if absent:
+            raise ValueError(
+                f"Classes {absent} have no held-out sample, so the held-out objective cannot see them: add samples "
+                "of these classes, raise the HeldOutSplit fraction, or set num_classes to the classes present."
+            )
+        if self.loss is None:
+            self.loss = self._build_loss(datamodule)
+        pl_module.autobalance_loss = self.loss
+        self.loss = pl_module.autobalance_loss  # moved to the module's device
+        self.hyper_optimizer = self.hyper_optimizer_factory(list(self.loss.hparams().values()))
+        self._forward = _AutoBalanceForward(pl_module)
+        self._datamodule = datamodule
+        if self._pending_state is not None:
+            self._apply_state(self._pending_state)
+            self._pending_state = None
+
+    def _build_loss(self, datamodule: HeldOutSplit) -> ParametricCrossEntropy:
+        if self.initial_loss is not None:
+            if self.initial_loss.num_classes != datamodule.num_classes:
+                raise ValueError(
+                    f"The loss given to AutoBalance has num_classes={self.initial_loss.num_classes} but the data has "
+                    f"{datamodule.num_classes} classes."
+                )
+            return self.initial_loss
+        counts = datamodule.class_counts
+        return ParametricCrossEntropy.from_preset(
+            self.preset,
+            counts.tolist(),
+            tau=self.tau,
+            gamma=self.gamma,
+            num_groups=datamodule.num_groups,
+            learnable=self.learn,
+            block_size=self.block_size,
+            delta_parameterization=self.delta_parameterization,  # type: ignore[arg-type]
+        )
+
+    # ------------------------------------------------------------------ schedule
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Run a hyper-step every ``every_n_steps`` weight steps once the warm-up is over."""
+        step = trainer.global_step
+        if trainer.current_epoch < self.warmup_epochs or step == 0 or step % self.every_n_steps:
+            return
+        if self._last_step == step:  # gradient accumulation: one hyper-step per optimizer step
+            return
+        self._last_step = step
+        self.hyper_step(trainer, pl_module)
+
+    def _draw_batches(self, dataset: Any, count: int, generator: torch.Generator, trainer: pl.Trainer) -> list[Any]:
+        template = self._datamodule._template
+        batch_size = self.batch_size or template.batch_size or 1
+        total = min(len(dataset), count * batch_size)
+        order = torch.randperm(len(dataset), generator=generator)[:total].tolist()
+        batches = []
+        for start in range(0, total, batch_size):
+            items = [dataset[i] for i in order[start : start + batch_size]]
+            batches.append(trainer.strategy.batch_to_device(template.collate_fn(items)))
+        return batches
+
+    def hyper_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """One hyper-step; returns whether α was updated (False when the hypergradient was not finite)."""
+        assert self.loss is not None and self.hyper_optimizer is not None and self._forward is not None
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.hyper_steps)
+        train = self._draw_batches(self._datamodule.train_dataset, self.train_batches, generator, trainer)
+        heldout = self._draw_batches(self._datamodule.heldout_dataset, self.heldout_batches, generator, trainer)
+
+        forward, loss_module, objective = self._forward, self.loss, self.objective
+        # Buffers are cloned per pass, so BatchNorm running statistics of the model are never touched.
+        buffers = {f"module.{name}": b for name, b in pl_module.named_buffers()}
+        params = {f"module.{name}": p for name, p in pl_module.named_parameters() if p.requires_grad}
+
+        def run(theta: dict[str, Tensor], batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+            state = {**{k: b.clone() for k, b in buffers.items()}, **theta}
+            return functional_call(forward, state, (batch,))
+
+        def inner(theta: dict[str, Tensor], alpha: dict[str, Tensor]) -> Tensor:
+            losses = [functional_call(loss_module, alpha, run(theta, batch)) for batch in train]
+            return torch.stack(losses).mean()
+
+        def outer(theta: dict[str, Tensor], alpha: dict[str, Tensor]) -> Tensor:
+            outputs = [run(theta, batch) for batch in heldout]
+            logits = torch.cat([o[0] for o in outputs])
+            targets = torch.cat([o[1] for o in outputs])
+            groups = None if outputs[0][2] is None else torch.cat([o[2] for o in outputs])  # type: ignore[misc]
+            return objective(logits, targets, groups)
+
+        with torch.inference_mode(False), torch.enable_grad():
+            result = hypergradient(inner, outer, params, loss_module.hparams(), self.solver)
+        names = list(result.grads)
+        flat = torch.cat([result.grads[n].reshape(-1) for n in names])
+        flat = trainer.strategy.reduce(flat, reduce_op="mean")
+        outer_value = trainer.strategy.reduce(result.outer, reduce_op="mean")
+        if not torch.isfinite(flat).all():
+            self.skipped_steps += 1
+            rank_zero_warn(
+                f"AutoBalance: non-finite hypergradient at step {trainer.global_step}; hyper-step skipped "
+                f"({self.skipped_steps} so far). Lower hyper_lr or the Neumann alpha if this repeats."
+            )
+            self._log(pl_module, {"autobalance/skipped_steps": float(self.skipped_steps)})
+            return False
+        hparams = loss_module.hparams()
+        offset = 0
+        for name in names:
+            param = hparams[name]
+            param.grad = flat[offset : offset + param.numel()].view_as(param).clone()
+            offset += param.numel()
+        self.hyper_optimizer.step()
+        self.hyper_optimizer.zero_grad(set_to_none=True)
+        self.hyper_steps += 1
+        metrics = {
+            "autobalance/objective": float(outer_value),
+            "autobalance/hypergrad_norm": float(flat.norm()),
+            "autobalance/hyper_steps": float(self.hyper_steps),
+            "autobalance/skipped_steps": float(self.skipped_steps),
+        }
+        metrics.update(self.current_values())
+        self._log(pl_module, metrics)
+        return True
+
+    @staticmethod
+    def _log(pl_module: pl.LightningModule, metrics: dict[str, float]) -> None:
+        if pl_module._trainer is not None:
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1, rank_zero_only=True)
+
+    def current_values(self) -> dict[str, float]:
+        """Learned Δ, ι, ω by stable names: ``autobalance/delta/c{k}`` (``g{g}_c{k}`` with several groups)."""
+        assert self.loss is not None
+        values: dict[str, float] = {}
+        for kind in self.loss.learnable:
+            table = getattr(self.loss, kind)().detach().cpu()
+            for g in range(table.shape[0]):
+                for k in range(table.shape[1]):
+                    key = f"c{k}" if table.shape[0] == 1 else f"g{g}_c{k}"
+                    values[f"autobalance/{kind}/{key}"] = float(table[g, k])
+        return values
+
+    # ------------------------------------------------------------------ export
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write the learned loss to YAML (rank zero only)."""
+        if self.loss is None:
+            return
+        path = self.export_path or Path(trainer.log_dir or trainer.default_root_dir) / "autobalance_loss.yaml"
+        if trainer.is_global_zero:
+            metadata = {
+                "hyper_steps": self.hyper_steps,
+                "skipped_steps": self.skipped_steps,
+                "global_step": trainer.global_step,
+                "epoch": trainer.current_epoch,
+            }
+            save_loss(self.loss, path, metadata)
+            rank_zero_info(f"AutoBalance: learned loss written to {path}")
+        self.exported_path = Path(path)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """α, the hyper-optimizer state and the counters (saved in Lightning checkpoints)."""
+        if self.loss is None or self.hyper_optimizer is None:
+            return self._pending_state or {}
+        return {
+            "version": STATE_VERSION,
+            "loss": {k: v.detach().cpu().clone() for k, v in self.loss.state_dict().items()},
+            "hyper_optimizer": self.hyper_optimizer.state_dict(),
+            "hyper_steps": self.hyper_steps,
+            "skipped_steps": self.skipped_steps,
+            "last_step": self._last_step,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (applied at ``setup`` if the loss does not exist yet)."""
+        if not state_dict:
+            return
+        if state_dict.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"This checkpoint holds AutoBalance state version {state_dict.get('version')!r}, this version reads "
+                f"{STATE_VERSION}: resume with the lightning-autobalance version that wrote it."
+            )
+        if self.loss is None or self.hyper_optimizer is None:
+            self._pending_state = state_dict
+        else:
+            self._apply_state(state_dict)
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
+        assert self.loss is not None and self.hyper_optimizer is not None
+        expected = {k: tuple(v.shape) for k, v in self.loss.state_dict().items()}
+        saved = {k: tuple(v.shape) for k, v in state["loss"].items()}
+        if expected != saved:
+            raise ValueError(
+                f"The checkpoint's AutoBalance loss has parameters {saved} but this run builds {expected}: resume "
+                "with the same number of classes, groups, block size and learnable kinds."
+            )
+        self.loss.load_state_dict(state["loss"])
+        self.hyper_optimizer.load_state_dict(state["hyper_optimizer"])
+        self.hyper_steps = int(state["hyper_steps"])
+        self.skipped_steps = int(state["skipped_steps"])
+        self._last_step = int(state.get("last_step", -1))

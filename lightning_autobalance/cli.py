@@ -1,0 +1,191 @@
+"""Command-line app (Hydra): search → retrain → test, with a report table and plots.
+
+``python -m lightning_autobalance`` (or the ``lightning-autobalance`` console script) runs on the offline
+long-tailed MNIST-1D by default:
+
+1. ``ce`` — a plain cross-entropy baseline trained on all training data;
+2. ``search`` — the AutoBalance search phase on a stratified 80/20 train/held-out split; the learned loss is written
+   to ``autobalance_loss.yaml``;
+3. ``retrain`` — a fresh model trained on all training data with the learned loss frozen;
+
+then prints one table (balanced, worst-class and overall test error of CE and AutoBalance) and the learned per-class
+Δ and ι, and writes ``results.md``, ``results.json`` and ``per_class.png`` into the Hydra run directory. ``main``
+returns AutoBalance's balanced test error, the value Hydra sweepers minimise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_autobalance.callback import AutoBalance
+from lightning_autobalance.classifier import ImbalancedClassifier
+from lightning_autobalance.data.split import HeldOutSplit
+from lightning_autobalance.learned_loss import load_loss, write_text_atomic
+from lightning_autobalance.losses import ParametricCrossEntropy
+from lightning_autobalance.metrics import balanced_error, class_errors, worst_class_error
+
+__all__ = ["main", "run"]
+
+PHASES = ("ce", "search", "retrain")
+
+
+@torch.no_grad()
+def predict_labels(model: pl.LightningModule, loader: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted and true labels of every batch of ``loader`` (model in eval mode)."""
+    model.eval()
+    preds, targets = [], []
+    for batch in loader:
+        logits, y, _ = model.autobalance_forward(batch)
+        preds.append(logits.argmax(1))
+        targets.append(y)
+    return torch.cat(preds), torch.cat(targets)
+
+
+def test_report(model: pl.LightningModule, loader: Any, num_classes: int) -> dict[str, Any]:
+    """Balanced, worst-class and overall error, and the per-class errors, on ``loader``."""
+    preds, targets = predict_labels(model, loader)
+    return {
+        "balanced_error": float(balanced_error(preds, targets, num_classes=num_classes)),
+        "worst_class_error": float(worst_class_error(preds, targets, num_classes=num_classes)),
+        "error": float((preds != targets).float().mean()),
+        "class_errors": class_errors(preds, targets, num_classes=num_classes).tolist(),
+    }
+
+
+def _trainer(cfg: DictConfig, out: Path, phase: str, max_epochs: int, callbacks: list[Any] | None = None) -> pl.Trainer:
+    return pl.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),  # type: ignore[arg-type]
+        max_epochs=max_epochs,
+        callbacks=callbacks or [],
+        logger=CSVLogger(out / "logs", name=phase),
+        default_root_dir=out,
+    )
+
+
+def _model(cfg: DictConfig, num_classes: int) -> ImbalancedClassifier:
+    return ImbalancedClassifier(instantiate(cfg.model), num_classes=num_classes, **cfg.optimizer)
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of the test errors (in %) of each trained model."""
+    lines = ["| loss | balanced error % | worst-class error % | error % |", "|---|---:|---:|---:|"]
+    for name, r in results.items():
+        errors = (100 * r[key] for key in ("balanced_error", "worst_class_error", "error"))
+        lines.append(f"| {name} | " + " | ".join(f"{e:.2f}" for e in errors) + " |")
+    return "\n".join(lines)
+
+
+def format_loss(loss: ParametricCrossEntropy) -> str:
+    """Markdown table of the learned per-class Δ, ι (and ω when learned)."""
+    kinds = [k for k in ("delta", "iota", "omega") if k in loss.learnable] or ["delta", "iota"]
+    header = "| class | " + " | ".join({"delta": "Δ", "iota": "ι", "omega": "ω"}[k] for k in kinds) + " |"
+    lines = [header, "|---:|" + "---:|" * len(kinds)]
+    tables = {k: getattr(loss, k)()[0].detach().cpu().tolist() for k in kinds}
+    for c in range(loss.num_classes):
+        lines.append(f"| {c} | " + " | ".join(f"{tables[k][c]:.3f}" for k in kinds) + " |")
+    return "\n".join(lines)
+
+
+def plot_results(
+    results: dict[str, dict[str, Any]], loss: ParametricCrossEntropy | None, counts: list[int], path: Path
+) -> None:
+    """Per-class test error of each model, and the learned Δ and ι per class, as one PNG (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 if loss is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    classes = list(range(len(counts)))
+    width = 0.8 / max(1, len(results))
+    for i, (name, r) in enumerate(results.items()):
+        axes[0, 0].bar([c + i * width for c in classes], [100 * e for e in r["class_errors"]], width, label=name)
+    axes[0, 0].set(xlabel="class (training count below)", ylabel="test error %", title="Per-class test error")
+    axes[0, 0].set_xticks(
+        [c + 0.4 - width / 2 for c in classes], [f"{c}\n{n}" for c, n in zip(classes, counts, strict=True)]
+    )
+    axes[0, 0].legend()
+    if loss is not None:
+        ax = axes[0, 1]
+        ax.plot(classes, loss.delta()[0].detach().cpu().tolist(), "o-", label="Δ (logit scale)")
+        ax.plot(classes, loss.iota()[0].detach().cpu().tolist(), "s-", label="ι (logit shift)")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set(xlabel="class", title="Learned loss parameters")
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """Run the phases of ``cfg`` with outputs in ``out``; returns the results (also written to ``out``)."""
+    phases = list(cfg.phases)
+    unknown = [p for p in phases if p not in PHASES]
+    if unknown:
+        raise ValueError(f"Unknown phases {unknown}: choose from {', '.join(PHASES)}.")
+    if "retrain" in phases and "search" not in phases:
+        raise ValueError("The retrain phase uses the loss learned by the search phase: add 'search' to phases.")
+    torch.set_num_threads(int(cfg.threads))
+    out.mkdir(parents=True, exist_ok=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    num_classes = int(datamodule.num_classes)
+    counts = datamodule.class_counts.tolist()
+    results: dict[str, dict[str, Any]] = {}
+    learned: ParametricCrossEntropy | None = None
+
+    if "ce" in phases:
+        pl.seed_everything(cfg.seed, workers=True)
+        model = _model(cfg, num_classes)
+        _trainer(cfg, out, "ce", cfg.train.max_epochs).fit(model, datamodule=datamodule)
+        results["CE"] = test_report(model, datamodule.test_dataloader(), num_classes)
+
+    if "search" in phases:
+        pl.seed_everything(cfg.seed, workers=True)
+        export = out / "autobalance_loss.yaml"
+        callback: AutoBalance = instantiate(cfg.autobalance, export_path=str(export))
+        model = _model(cfg, num_classes)
+        split = HeldOutSplit(datamodule, fraction=cfg.search.heldout_fraction, seed=cfg.seed, num_classes=num_classes)
+        _trainer(cfg, out, "search", cfg.search.max_epochs, [callback]).fit(model, datamodule=split)
+        learned = load_loss(export)
+        results["AutoBalance (search model)"] = test_report(model, datamodule.test_dataloader(), num_classes)
+
+    if "retrain" in phases and learned is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+        model = _model(cfg, num_classes)
+        model.autobalance_loss = learned
+        _trainer(cfg, out, "retrain", cfg.train.max_epochs).fit(model, datamodule=datamodule)
+        results["AutoBalance"] = test_report(model, datamodule.test_dataloader(), num_classes)
+
+    report = "## Test errors\n\n" + format_table(results)
+    if learned is not None:
+        report += "\n\n## Learned loss (per class)\n\n" + format_loss(learned)
+    write_text_atomic(out / "results.md", report + "\n")
+    write_text_atomic(out / "results.json", json.dumps({"class_counts": counts, "results": results}, indent=2) + "\n")
+    plot_results(results, learned, counts, out / "per_class.png")
+    print("\n" + report + f"\n\nWritten to {out}\n")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point; returns AutoBalance's balanced test error (or CE's if AutoBalance did not run)."""
+    out = Path(HydraConfig.get().runtime.output_dir)
+    results = run(cfg, out)
+    final = results.get("AutoBalance") or results.get("AutoBalance (search model)") or results.get("CE")
+    return float(final["balanced_error"]) if final else float("nan")

@@ -1,0 +1,56 @@
+"""Reading the class (and group) labels of a map-style data set without loading its inputs where possible."""
+
+from __future__ import annotations
+
+from collections.abc import Sized
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+__all__ = ["dataset_labels"]
+
+
+def _as_long(values: Any) -> Tensor:
+    return torch.as_tensor(values).long().reshape(-1)
+
+
+def dataset_labels(dataset: Dataset) -> tuple[Tensor, Tensor | None]:
+    """Class labels (N,) and group labels (N,) or ``None`` of every item of ``dataset``.
+
+    Fast paths: a ``targets`` attribute (and ``groups`` if present), a :class:`~torch.utils.data.TensorDataset`
+    whose second (and third) tensor holds the labels (groups), and :class:`~torch.utils.data.Subset` of either.
+    Otherwise every item is read and must be a tuple ``(x, y)`` or ``(x, y, g)``.
+
+    Example:
+        >>> ds = TensorDataset(torch.zeros(3, 2), torch.tensor([0, 2, 1]))
+        >>> dataset_labels(ds)
+        (tensor([0, 2, 1]), None)
+    """
+    if isinstance(dataset, Subset):
+        targets, groups = dataset_labels(dataset.dataset)
+        index = torch.as_tensor(dataset.indices, dtype=torch.long)
+        return targets[index], None if groups is None else groups[index]
+    if isinstance(dataset, TensorDataset):
+        if len(dataset.tensors) < 2:
+            raise ValueError("A TensorDataset for classification needs (inputs, labels[, groups]) tensors.")
+        groups = _as_long(dataset.tensors[2]) if len(dataset.tensors) > 2 else None
+        return _as_long(dataset.tensors[1]), groups
+    if hasattr(dataset, "targets"):
+        groups = getattr(dataset, "groups", None)
+        return _as_long(dataset.targets), None if groups is None else _as_long(groups)
+    if not isinstance(dataset, Sized):
+        raise TypeError(f"{type(dataset).__name__} has no length: a map-style data set is needed for a split.")
+    targets, groups = [], []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise ValueError(
+                f"Item {i} of {type(dataset).__name__} is not an (x, y) or (x, y, g) tuple: give the data set a "
+                "`targets` attribute or return tuples."
+            )
+        targets.append(int(item[1]))
+        if len(item) > 2:
+            groups.append(int(item[2]))
+    return torch.tensor(targets, dtype=torch.long), torch.tensor(groups, dtype=torch.long) if groups else None

@@ -1,0 +1,194 @@
+"""``HeldOutSplit``: carve a stratified held-out split out of a datamodule's training data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from lightning_autobalance.data.labels import dataset_labels
+
+__all__ = ["EpochShuffleSampler", "HeldOutSplit", "stratified_split"]
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Random order that depends only on ``(seed, epoch)``, so a resumed run sees the same batches.
+
+    Lightning calls :meth:`set_epoch` at the start of every epoch.
+
+    Example:
+        >>> sampler = EpochShuffleSampler(5, seed=0)
+        >>> sampler.set_epoch(1)
+        >>> sorted(sampler)
+        [0, 1, 2, 3, 4]
+    """
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of ``epoch``."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def stratified_split(targets: Tensor, groups: Tensor | None, fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Split indices into (train, held-out), stratified by (group, class) cell.
+
+    Each cell sends ``round(fraction · n)`` samples (at least one) to the held-out split and keeps at least one for
+    training.
+
+    Args:
+        targets: class labels (N,).
+        groups: group labels (N,) or ``None``.
+        fraction: share of each cell that goes to the held-out split, in (0, 1).
+        seed: seed of the random choice.
+
+    Returns:
+        Sorted train indices and sorted held-out indices.
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1), or a cell with a single sample (it cannot be in both splits).
+
+    Example:
+        >>> train, held_out = stratified_split(torch.tensor([0, 0, 0, 0, 1, 1]), None, 0.25)
+        >>> len(train), len(held_out)
+        (4, 2)
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"The held-out fraction must lie strictly between 0 and 1, got {fraction}: e.g. 0.2.")
+    cells = targets if groups is None else groups * (int(targets.max()) + 1) + targets
+    generator = torch.Generator().manual_seed(seed)
+    train, held_out = [], []
+    for cell in torch.unique(cells).tolist():
+        members = torch.nonzero(cells == cell).flatten()
+        if members.numel() < 2:
+            where = f"class {cell}" if groups is None else f"(group, class) cell {divmod(cell, int(targets.max()) + 1)}"
+            raise ValueError(
+                f"{where} has a single training sample, so it cannot be in both the train and the held-out split: "
+                "add samples of it, merge it with another class, or lower the imbalance."
+            )
+        members = members[torch.randperm(members.numel(), generator=generator)]
+        n_held = min(max(1, round(fraction * members.numel())), members.numel() - 1)
+        held_out.append(members[:n_held])
+        train.append(members[n_held:])
+    return torch.cat(train).sort().values, torch.cat(held_out).sort().values
+
+
+class HeldOutSplit(pl.LightningDataModule):
+    """Wrap a datamodule so its training data is split into a train part and a held-out part.
+
+    The model trains on the train part; :class:`~lightning_autobalance.AutoBalance` tunes the loss on the held-out
+    part (the upper level of the bilevel problem). The split is stratified by class (and by (group, class) when the
+    data set has groups) and deterministic given ``seed``. Validation and test loaders are those of the wrapped
+    datamodule; a datamodule without a validation loader validates on the held-out split.
+
+    Args:
+        datamodule: the datamodule to wrap; its ``train_dataloader()`` must be a map-style data set of ``(x, y)`` or
+            ``(x, y, g)`` items (see :func:`~lightning_autobalance.data.labels.dataset_labels`).
+        fraction: share of every class that is held out, in (0, 1); the paper uses 0.2.
+        seed: seed of the split and of the training order.
+        num_classes: number of classes; labels outside ``[0, num_classes)`` are rejected (default: max label + 1).
+
+    Example:
+        >>> from lightning_autobalance.data import MNIST1DLongTail
+        >>> split = HeldOutSplit(MNIST1DLongTail(), fraction=0.2)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, datamodule: pl.LightningDataModule, fraction: float = 0.2, seed: int = 0, num_classes: int | None = None
+    ) -> None:
+        super().__init__()
+        if not isinstance(datamodule, pl.LightningDataModule):
+            raise TypeError(f"HeldOutSplit wraps a LightningDataModule, got {type(datamodule).__name__}.")
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"The held-out fraction must lie strictly between 0 and 1, got {fraction}: e.g. 0.2.")
+        self.datamodule, self.fraction, self.seed, self.num_classes = datamodule, fraction, seed, num_classes
+        self._template: DataLoader | None = None
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        """Delegate to the wrapped datamodule."""
+        self.datamodule.prepare_data()
+
+    def setup(self, stage: str) -> None:
+        """Set up the wrapped datamodule and, for fitting, build the split."""
+        self.datamodule.trainer = self.trainer
+        self.datamodule.setup(stage)
+        if stage == "fit" and self._template is None:
+            self._template = self.datamodule.train_dataloader()
+            dataset = self._template.dataset
+            targets, groups = dataset_labels(dataset)
+            num_classes = self.num_classes or int(targets.max()) + 1
+            bad = (targets < 0) | (targets >= num_classes)
+            if bad.any():
+                raise ValueError(
+                    f"Training labels must lie in [0, {num_classes}), found {sorted(set(targets[bad].tolist()))[:5]}: "
+                    "remap the labels or pass the right num_classes."
+                )
+            self.num_classes = num_classes
+            train_idx, held_idx = stratified_split(targets, groups, self.fraction, self.seed)
+            self.train_dataset: Dataset = Subset(dataset, train_idx.tolist())
+            self.heldout_dataset: Dataset = Subset(dataset, held_idx.tolist())
+            self.num_groups = 1 if groups is None else int(groups.max()) + 1
+            self.class_counts = torch.bincount(targets[train_idx], minlength=num_classes)
+            self.heldout_class_counts = torch.bincount(targets[held_idx], minlength=num_classes)
+            if groups is None:
+                self.group_class_counts = self.class_counts.unsqueeze(0)
+            else:
+                cells = groups[train_idx] * num_classes + targets[train_idx]
+                self.group_class_counts = torch.bincount(cells, minlength=self.num_groups * num_classes).view(
+                    self.num_groups, num_classes
+                )
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        if self._template is None:
+            raise RuntimeError("HeldOutSplit.setup('fit') must run before its loaders are used.")
+        template = self._template
+        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None  # type: ignore[arg-type]
+        return DataLoader(
+            dataset,
+            batch_size=template.batch_size,
+            sampler=sampler,
+            num_workers=template.num_workers,
+            collate_fn=template.collate_fn,
+            pin_memory=template.pin_memory,
+            drop_last=template.drop_last if shuffle else False,
+            persistent_workers=template.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Train part, in an order fixed by ``(seed, epoch)``."""
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def heldout_dataloader(self) -> DataLoader:
+        """Held-out part, in a fixed order."""
+        return self._loader(self.heldout_dataset, shuffle=False)
+
+    def val_dataloader(self):
+        """The wrapped datamodule's validation loader, or the held-out split if it has none."""
+        if is_overridden("val_dataloader", self.datamodule):
+            return self.datamodule.val_dataloader()
+        return self.heldout_dataloader()
+
+    def test_dataloader(self):
+        """The wrapped datamodule's test loader."""
+        return self.datamodule.test_dataloader()
+
+    def predict_dataloader(self):
+        """The wrapped datamodule's predict loader."""
+        return self.datamodule.predict_dataloader()
+
+    def teardown(self, stage: str) -> None:
+        """Delegate to the wrapped datamodule."""
+        self.datamodule.teardown(stage)

@@ -1,0 +1,159 @@
+"""Export and import of a learned loss as a small, versioned YAML file.
+
+The file stores the raw parameters (exact float32 values, so a round trip reproduces the loss bit for bit) and, for
+people reading it, the per-class Δ, ι and ω they produce. It is written atomically (temporary file + rename) and read
+with :func:`yaml.safe_load`, so loading never executes code.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> from lightning_autobalance.losses import ParametricCrossEntropy
+    >>> loss_fn = ParametricCrossEntropy.from_preset("la", [90, 10], learnable=["iota"])
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "loss.yaml"
+    >>> save_loss(loss_fn, path)
+    >>> torch.equal(load_loss(path).iota(), loss_fn.iota())
+    True
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from lightning_autobalance.losses import HPARAM_KINDS, ParametricCrossEntropy
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "LearnedLossError", "load_loss", "loss_to_dict", "save_loss"]
+
+FORMAT = "lightning-autobalance/learned-loss"
+FORMAT_VERSION = 1
+
+
+class LearnedLossError(ValueError):
+    """A learned-loss file that is missing, truncated, of another format or version, or inconsistent."""
+
+
+def loss_to_dict(loss: ParametricCrossEntropy, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Describe ``loss`` as plain Python data (the content of the YAML file)."""
+    data: dict[str, Any] = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "num_classes": loss.num_classes,
+        "num_groups": loss.num_groups,
+        "delta_parameterization": loss.delta_parameterization,
+        "delta_max": loss.delta_max,
+        "learnable": list(loss.learnable),
+        "blocks": loss.block_index.tolist(),
+        "raw": {kind: getattr(loss, f"raw_{kind}").detach().cpu().tolist() for kind in HPARAM_KINDS},
+        "values": {kind: getattr(loss, kind)().detach().cpu().tolist() for kind in HPARAM_KINDS},
+    }
+    if metadata:
+        data["metadata"] = dict(metadata)
+    return data
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_loss(
+    loss: ParametricCrossEntropy, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None
+) -> None:
+    """Write ``loss`` to ``path`` as YAML, atomically.
+
+    Args:
+        loss: the loss to export.
+        path: destination file; parent folders are created.
+        metadata: optional extra information (plain scalars, lists, dicts) stored under ``metadata``.
+    """
+    text = yaml.safe_dump(loss_to_dict(loss, metadata), sort_keys=False, default_flow_style=None, width=120)
+    write_text_atomic(path, text)
+
+
+def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path: Path) -> Any:
+    if key not in data:
+        raise LearnedLossError(f"{path}: the learned-loss file has no {key!r} entry; it may be truncated.")
+    value = data[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise LearnedLossError(f"{path}: entry {key!r} should be {kind}, got {value!r}.")
+    return value
+
+
+def load_loss(path: str | os.PathLike[str], *, learnable: tuple[str, ...] = ()) -> ParametricCrossEntropy:
+    """Read a learned loss written by :func:`save_loss`.
+
+    Args:
+        path: the YAML file.
+        learnable: kinds to make learnable again; by default the loss is frozen (for the retrain phase).
+
+    Returns:
+        The loss, equal bit for bit to the one saved.
+
+    Raises:
+        LearnedLossError: the file is missing, is not valid YAML, is of another format or version, or its entries
+            do not fit together.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LearnedLossError(f"No learned-loss file at {path}: run the search phase first or fix the path.") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise LearnedLossError(f"{path} is not valid YAML (truncated or corrupted?): {error}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise LearnedLossError(f"{path} is not a lightning-autobalance learned-loss file (expected format: {FORMAT}).")
+    version = data.get("version")
+    if version != FORMAT_VERSION:
+        raise LearnedLossError(
+            f"{path} has learned-loss format version {version!r}; this lightning-autobalance reads version "
+            f"{FORMAT_VERSION}: re-export it with a matching version of the package."
+        )
+    num_classes = _require(data, "num_classes", int, path)
+    num_groups = _require(data, "num_groups", int, path)
+    blocks = _require(data, "blocks", list, path)
+    raw = _require(data, "raw", dict, path)
+    try:
+        loss = ParametricCrossEntropy(
+            num_classes,
+            num_groups,
+            learnable=learnable,
+            blocks=blocks,
+            delta_parameterization=_require(data, "delta_parameterization", str, path),
+            delta_max=float(_require(data, "delta_max", (int, float), path)),
+        )
+        with torch.no_grad():
+            for kind in HPARAM_KINDS:
+                target = getattr(loss, f"raw_{kind}")
+                values = torch.tensor(raw[kind], dtype=target.dtype)
+                if values.shape != target.shape:
+                    raise LearnedLossError(
+                        f"{path}: raw {kind} has shape {tuple(values.shape)}, expected {tuple(target.shape)} for "
+                        f"{num_groups} group(s) and {loss.num_blocks} block(s)."
+                    )
+                if not torch.isfinite(values).all():
+                    raise LearnedLossError(f"{path}: raw {kind} contains non-finite values.")
+                target.copy_(values)
+    except LearnedLossError:
+        raise
+    except (KeyError, TypeError, ValueError) as error:
+        raise LearnedLossError(f"{path}: inconsistent learned-loss file: {error}") from None
+    return loss

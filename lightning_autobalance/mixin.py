@@ -1,0 +1,100 @@
+"""``AutoBalanceMixin``: gives a LightningModule a tunable loss without making it part of the model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import Tensor
+
+from lightning_autobalance.losses import ParametricCrossEntropy
+
+__all__ = ["AutoBalanceMixin"]
+
+_LOSS_ATTRIBUTE = "_autobalance_loss_module"
+
+
+class AutoBalanceMixin:
+    """Mixin for a :class:`~lightning.pytorch.LightningModule` trained with a loss that AutoBalance designs.
+
+    Replace ``F.cross_entropy(logits, y)`` by ``self.autobalance_loss(logits, y[, groups])``. The loss module is held
+    *outside* the module tree: its hyperparameters α never appear in ``self.parameters()``, so they never enter the
+    model optimizer or DDP's gradient reducer, and they move with the module on ``.to(device)``. The
+    :class:`~lightning_autobalance.AutoBalance` callback installs a tunable loss at ``setup``; for the retrain phase
+    assign a frozen one, e.g. ``self.autobalance_loss = load_loss(path)``.
+
+    Override :meth:`autobalance_forward` if your batches are not ``(x, y)`` or ``(x, y, g)`` tuples or your model is
+    not called as ``self(x)``.
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> class Model(AutoBalanceMixin, pl.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.net = torch.nn.Linear(4, 3)
+        ...         self.autobalance_loss = ParametricCrossEntropy(3)
+        ...     def forward(self, x):
+        ...         return self.net(x)
+        ...     def training_step(self, batch, batch_idx):
+        ...         return self.autobalance_loss(*self.autobalance_forward(batch))
+        >>> model = Model()
+        >>> [name for name, _ in model.named_parameters()]
+        ['net.weight', 'net.bias']
+    """
+
+    @property
+    def autobalance_loss(self) -> ParametricCrossEntropy:
+        """The loss ``(logits, targets, groups=None) -> scalar``; installed by the callback or assigned by you."""
+        loss = self.__dict__.get(_LOSS_ATTRIBUTE)
+        if loss is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no AutoBalance loss yet: add the AutoBalance callback to the Trainer, or "
+                "assign one, e.g. `self.autobalance_loss = ParametricCrossEntropy(num_classes)` or "
+                "`self.autobalance_loss = load_loss('autobalance_loss.yaml')`."
+            )
+        return loss
+
+    @autobalance_loss.setter
+    def autobalance_loss(self, loss: ParametricCrossEntropy) -> None:
+        if not isinstance(loss, ParametricCrossEntropy):
+            raise TypeError(f"autobalance_loss must be a ParametricCrossEntropy, got {type(loss).__name__}.")
+        device = next((p.device for p in self.parameters()), None)  # type: ignore[attr-defined]
+        self.__dict__[_LOSS_ATTRIBUTE] = loss if device is None else loss.to(device)
+
+    @property
+    def has_autobalance_loss(self) -> bool:
+        """Whether a loss has been installed."""
+        return self.__dict__.get(_LOSS_ATTRIBUTE) is not None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "autobalance_loss":  # nn.Module.__setattr__ would register the loss as a submodule
+            type(self).autobalance_loss.fset(self, value)  # type: ignore[attr-defined]
+            return
+        super().__setattr__(name, value)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], *args: Any, **kwargs: Any) -> Any:
+        result = super()._apply(fn, *args, **kwargs)  # type: ignore[misc]
+        loss = self.__dict__.get(_LOSS_ATTRIBUTE)
+        if loss is not None:
+            loss._apply(fn)
+        return result
+
+    def autobalance_forward(self, batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Map a batch to ``(logits, targets, groups)``; the default understands ``(x, y)`` and ``(x, y, g)``.
+
+        The AutoBalance callback calls this with substituted weights during hyper-steps, so it must compute the
+        logits from the module's own parameters (``self(x)`` does).
+        """
+        if not isinstance(batch, Sequence) or len(batch) not in (2, 3):
+            raise ValueError(
+                f"The default autobalance_forward expects (x, y) or (x, y, g) batches, got {type(batch).__name__}"
+                f"{f' of length {len(batch)}' if isinstance(batch, Sequence) else ''}: override "
+                "autobalance_forward(batch) -> (logits, targets, groups) in your LightningModule."
+            )
+        x, y, *rest = batch
+        return self(x), y, rest[0] if rest else None  # type: ignore[operator]
+
+    def autobalance_step_loss(self, batch: Any) -> Tensor:
+        """Loss of a batch under the current AutoBalance loss (for ``training_step``)."""
+        logits, targets, groups = self.autobalance_forward(batch)
+        return self.autobalance_loss(logits, targets, groups)
