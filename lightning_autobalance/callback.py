@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
@@ -214,10 +215,11 @@ class AutoBalance(Callback):
         template = self._datamodule._template
         batch_size = self.batch_size or template.batch_size or 1
         total = min(len(dataset), count * batch_size)
-        order = torch.randperm(len(dataset), generator=generator)[:total].tolist()
+        order = torch.randperm(len(dataset), generator=generator)[:total]
         batches = []
-        for start in range(0, total, batch_size):
-            items = [dataset[i] for i in order[start : start + batch_size]]
+        # nearly equal batches, so a remainder never makes a tiny batch (BatchNorm rejects a batch of one)
+        for chunk in torch.tensor_split(order, math.ceil(total / batch_size)):
+            items = [dataset[i] for i in chunk.tolist()]
             batches.append(trainer.strategy.batch_to_device(template.collate_fn(items)))
         return batches
 
@@ -260,7 +262,7 @@ class AutoBalance(Callback):
                 f"AutoBalance: non-finite hypergradient at step {trainer.global_step}; hyper-step skipped "
                 f"({self.skipped_steps} so far). Lower hyper_lr or the Neumann alpha if this repeats."
             )
-            self._log(pl_module, {"autobalance/skipped_steps": float(self.skipped_steps)})
+            self._log(trainer, {"autobalance/skipped_steps": float(self.skipped_steps)})
             return False
         hparams = loss_module.hparams()
         offset = 0
@@ -278,13 +280,15 @@ class AutoBalance(Callback):
             "autobalance/skipped_steps": float(self.skipped_steps),
         }
         metrics.update(self.current_values())
-        self._log(pl_module, metrics)
+        self._log(trainer, metrics)
         return True
 
     @staticmethod
-    def _log(pl_module: pl.LightningModule, metrics: dict[str, float]) -> None:
-        if pl_module._trainer is not None:
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1, rank_zero_only=True)
+    def _log(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+        """Send the metrics of one hyper-step straight to the loggers (as LearningRateMonitor does)."""
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
 
     def current_values(self) -> dict[str, float]:
         """Learned Δ, ι, ω by stable names: ``autobalance/delta/c{k}`` (``g{g}_c{k}`` with several groups)."""

@@ -27,7 +27,7 @@ class AutoBalanceMixin:
     not called as ``self(x)``.
 
     Example:
-        >>> import lightning.pytorch as pl
+        >>> import lightning.pytorch as pl, torch
         >>> class Model(AutoBalanceMixin, pl.LightningModule):
         ...     def __init__(self):
         ...         super().__init__()

@@ -1,0 +1,231 @@
+"""AutoBalance callback + mixin inside real Trainer.fit runs on a tiny problem."""
+
+import csv
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_autobalance import AutoBalance, AutoBalanceMixin, ConjugateGradient, HeldOutSplit, Neumann, load_loss
+
+K = 3
+
+
+class TinyData(pl.LightningDataModule):
+    def __init__(self, counts=(120, 40, 12), seed=0, num_features=6):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        y = torch.cat([torch.full((n,), k) for k, n in enumerate(counts)])
+        centers = torch.randn(len(counts), num_features, generator=gen) * 1.2
+        x = centers[y] + torch.randn(len(y), num_features, generator=gen)
+        self.dataset = TensorDataset(x, y)
+
+    def train_dataloader(self):
+        return DataLoader(self.dataset, batch_size=16, shuffle=True, drop_last=True)
+
+
+class TinyModel(AutoBalanceMixin, pl.LightningModule):
+    def __init__(self, num_classes=K, num_features=6):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(num_features, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        return self.autobalance_step_loss(batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+class PlainModel(pl.LightningModule):  # no mixin
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(6, K)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def make_callback(tmp_path, **kwargs):
+    options = dict(
+        preset="ce",
+        learn=("delta", "iota"),
+        warmup_epochs=1,
+        every_n_steps=3,
+        train_batches=2,
+        heldout_batches=2,
+        hyper_optimizer=lambda params: torch.optim.SGD(params, lr=0.5, momentum=0.9),
+        solver=Neumann(terms=3, alpha=0.05),
+        export_path=tmp_path / "loss.yaml",
+    )
+    options.update(kwargs)
+    return AutoBalance(**options)
+
+
+def make_trainer(tmp_path, callbacks, max_epochs=3, **kwargs):
+    options = dict(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    options.update(kwargs)
+    return pl.Trainer(callbacks=callbacks, **options)
+
+
+def fit(tmp_path, callback, max_epochs=3, seed=0, **trainer_kwargs):
+    pl.seed_everything(seed, verbose=False)
+    model = TinyModel()
+    callbacks = trainer_kwargs.pop("callbacks", [callback])
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=max_epochs, **trainer_kwargs)
+    trainer.fit(model, datamodule=HeldOutSplit(TinyData(), fraction=0.25, seed=seed))
+    return model, trainer
+
+
+def test_fit_changes_alpha_logs_it_and_exports_yaml_that_loads_back(tmp_path):
+    callback = make_callback(tmp_path)
+    logger = CSVLogger(tmp_path, name="logs")
+    model, trainer = fit(tmp_path, callback, logger=logger, log_every_n_steps=1)
+    assert callback.hyper_steps > 3 and callback.skipped_steps == 0
+    # α moved away from the CE start (Δ = 1, ι = 0)
+    assert not torch.allclose(callback.loss.delta(), torch.ones(1, K))
+    assert not torch.allclose(callback.loss.iota(), torch.zeros(1, K))
+    # logged per class under stable names
+    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    logged = [float(r["autobalance/iota/c2"]) for r in rows if r.get("autobalance/iota/c2")]
+    assert len(logged) == callback.hyper_steps
+    assert logged[-1] == pytest.approx(float(callback.loss.iota()[0, 2]), abs=1e-6)
+    assert any(r.get("autobalance/objective") for r in rows)
+    # exported file loads back to the same loss, frozen
+    loaded = load_loss(callback.exported_path)
+    assert callback.exported_path == tmp_path / "loss.yaml"
+    for name in ("raw_delta", "raw_iota", "raw_omega"):
+        assert torch.equal(getattr(loaded, name), getattr(callback.loss, name).detach())
+    logits, y = torch.randn(9, K), torch.randint(0, K, (9,))
+    assert torch.equal(loaded(logits, y), callback.loss(logits, y).detach())
+    assert loaded.hparams() == {}
+    assert AutoBalance.load_loss is load_loss
+
+
+def test_resume_mid_search_is_bit_identical(tmp_path):
+    full = make_callback(tmp_path / "a", solver=ConjugateGradient(iters=3, damping=1.0))
+    fit(tmp_path / "a", full, max_epochs=4)
+
+    first = make_callback(tmp_path / "b", solver=ConjugateGradient(iters=3, damping=1.0))
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    fit(tmp_path / "b", first, max_epochs=2, enable_checkpointing=True, callbacks=[first, checkpoint])
+    assert 0 < first.hyper_steps < full.hyper_steps  # stopped mid-search
+
+    resumed = make_callback(tmp_path / "c", solver=ConjugateGradient(iters=3, damping=1.0))
+    pl.seed_everything(123, verbose=False)  # a different RNG state must not matter
+    model = TinyModel()
+    trainer = make_trainer(tmp_path / "c", [resumed], max_epochs=4)
+    trainer.fit(model, datamodule=HeldOutSplit(TinyData(), fraction=0.25), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+
+    assert resumed.hyper_steps == full.hyper_steps
+    for name in ("raw_delta", "raw_iota"):
+        assert torch.equal(getattr(resumed.loss, name), getattr(full.loss, name))
+    state_a, state_c = full.hyper_optimizer.state_dict(), resumed.hyper_optimizer.state_dict()
+    assert state_a["param_groups"] == state_c["param_groups"]
+    for key in state_a["state"]:
+        assert torch.equal(state_a["state"][key]["momentum_buffer"], state_c["state"][key]["momentum_buffer"])
+
+
+class Probe(Callback):
+    """Records BatchNorm statistics around AutoBalance's on_train_batch_end."""
+
+    def __init__(self, store, key):
+        self.store, self.key = store, key
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        bn = pl_module.net[1]
+        self.store.setdefault(self.key, []).append(
+            (trainer.global_step, bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked))
+        )
+
+
+def test_hyperstep_leaves_batchnorm_alone_and_alpha_out_of_model_optimizer(tmp_path):
+    store = {}
+    callback = make_callback(tmp_path)
+    model, trainer = fit(
+        tmp_path, callback, callbacks=[Probe(store, "before"), callback, Probe(store, "after")], max_epochs=2
+    )
+    assert callback.hyper_steps > 0
+    for (step, mean_b, var_b, n_b), (_, mean_a, var_a, n_a) in zip(store["before"], store["after"], strict=True):
+        assert torch.equal(mean_b, mean_a) and torch.equal(var_b, var_a) and n_b == n_a, step
+    alpha_ids = {id(p) for p in callback.loss.hparams().values()}
+    optimizer_ids = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert alpha_ids and not alpha_ids & optimizer_ids
+    assert not alpha_ids & {id(p) for p in model.parameters()}
+    assert not any("raw_" in key for key in model.state_dict())
+    assert model.autobalance_loss is callback.loss
+
+
+def test_non_finite_hypergradient_is_skipped_with_a_warning(tmp_path):
+    def broken(logits, targets, groups):
+        return logits.sum() * float("nan")
+
+    callback = make_callback(tmp_path, objective=broken)
+    with pytest.warns(UserWarning, match="non-finite hypergradient"):
+        fit(tmp_path, callback, max_epochs=2)
+    assert callback.hyper_steps == 0 and callback.skipped_steps > 0
+    assert torch.equal(callback.loss.delta(), torch.ones(1, K))
+    assert torch.isfinite(callback.loss.raw_iota).all()
+
+
+def test_errors_say_what_to_change(tmp_path):
+    with pytest.raises(TypeError, match=r"AutoBalanceMixin.*class PlainModel\(AutoBalanceMixin, LightningModule\)"):
+        make_trainer(tmp_path, [make_callback(tmp_path)]).fit(PlainModel(), datamodule=HeldOutSplit(TinyData()))
+    with pytest.raises(TypeError, match=r"HeldOutSplit\(datamodule, fraction=0.2\)"):
+        make_trainer(tmp_path, [make_callback(tmp_path)]).fit(TinyModel(), datamodule=TinyData())
+    with pytest.raises(ValueError, match=r"Classes \[3\] have no held-out sample"):
+        make_trainer(tmp_path, [make_callback(tmp_path)]).fit(
+            TinyModel(), datamodule=HeldOutSplit(TinyData(), num_classes=4)
+        )
+    with pytest.raises(ValueError, match=r"Labels must lie in \[0, 3\)|logits have shape"):
+        # the data has 4 classes, the model outputs 3 logits
+        make_trainer(tmp_path, [make_callback(tmp_path)]).fit(
+            TinyModel(), datamodule=HeldOutSplit(TinyData(counts=(50, 30, 20, 10)))
+        )
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        HeldOutSplit(TinyData(), fraction=1.2)
+    with pytest.raises(ValueError, match=r"Training labels must lie in \[0, 2\)"):
+        make_trainer(tmp_path, [make_callback(tmp_path)]).fit(
+            TinyModel(), datamodule=HeldOutSplit(TinyData(), num_classes=2)
+        )
+    with pytest.raises(ValueError, match="Unknown loss preset"):
+        AutoBalance(preset="focal-ish")
+    with pytest.raises(ValueError, match="every_n_steps must be an integer"):
+        AutoBalance(every_n_steps=0)
+    with pytest.raises(RuntimeError, match="has no AutoBalance loss yet"):
+        TinyModel().autobalance_loss  # noqa: B018
+
+
+def test_mixin_moves_loss_with_module_and_keeps_it_out_of_the_tree():
+    from lightning_autobalance import ParametricCrossEntropy
+
+    model = TinyModel()
+    model.autobalance_loss = ParametricCrossEntropy(K, learnable=["iota"])
+    model.to(torch.float64)
+    assert model.autobalance_loss.raw_iota.dtype == torch.float64
+    assert "autobalance_loss" not in dict(model.named_modules())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TypeError, match="must be a ParametricCrossEntropy"):
+            model.autobalance_loss = nn.CrossEntropyLoss()

@@ -1,0 +1,65 @@
+"""The command-line app end to end on a small configuration (Hydra compose + run), and its config errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from lightning_autobalance import load_loss
+from lightning_autobalance.cli import run
+
+CONF = __import__("pathlib").Path(__file__).resolve().parents[1] / "conf"
+SMALL = [
+    "data.n_max=120",
+    "data.test_per_class=20",
+    "data.imbalance_ratio=10",
+    "train.max_epochs=2",
+    "search.max_epochs=2",
+    "autobalance.warmup_epochs=1",
+    "autobalance.every_n_steps=2",
+    "trainer.enable_progress_bar=false",
+    "threads=1",
+]
+
+
+def compose_config(overrides, tmp_path):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[*SMALL, f"data.root={tmp_path / 'data'}", *overrides])
+
+
+@pytest.mark.slow
+def test_search_retrain_test_writes_table_loss_and_plot(tmp_path, capsys):
+    cfg = compose_config([], tmp_path)
+    results = run(cfg, tmp_path / "out")
+    assert set(results) == {"CE", "AutoBalance (search model)", "AutoBalance"}
+    for r in results.values():
+        assert 0.0 <= r["balanced_error"] <= r["worst_class_error"] <= 1.0
+        assert len(r["class_errors"]) == 10
+        assert r["balanced_error"] == pytest.approx(sum(r["class_errors"]) / 10)
+    out = tmp_path / "out"
+    loss = load_loss(out / "autobalance_loss.yaml")
+    assert loss.num_classes == 10
+    report = (out / "results.md").read_text()
+    assert "| CE |" in report and "| AutoBalance |" in report and "Δ" in report
+    assert json.loads((out / "results.json").read_text())["results"]["CE"] == results["CE"]
+    assert (out / "per_class.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "balanced error %" in capsys.readouterr().out
+
+
+def test_bad_phases_fail_early(tmp_path):
+    with pytest.raises(ValueError, match="Unknown phases"):
+        run(compose_config(["phases=[ce,finetune]"], tmp_path), tmp_path / "out")
+    with pytest.raises(ValueError, match="add 'search' to phases"):
+        run(compose_config(["phases=[retrain]"], tmp_path), tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_console_entry_point_runs_hydra_app(tmp_path):
+    command = [sys.executable, "-m", "lightning_autobalance", *SMALL, "phases=[ce]",
+               f"data.root={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| CE |" in done.stdout
+    assert (tmp_path / "run" / "results.md").exists()

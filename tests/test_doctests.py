@@ -1,0 +1,28 @@
+"""The runnable examples in the docstrings stay true."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "lightning_autobalance.losses",
+    "lightning_autobalance.hypergrad",
+    "lightning_autobalance.learned_loss",
+    "lightning_autobalance.objectives",
+    "lightning_autobalance.mixin",
+    "lightning_autobalance.models",
+    "lightning_autobalance.classifier",
+    "lightning_autobalance.callback",
+    "lightning_autobalance.data.profiles",
+    "lightning_autobalance.data.labels",
+    "lightning_autobalance.data.split",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+    assert result.attempted > 0 or name.endswith("split")
