@@ -66,6 +66,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a written report should read like any other file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -112,12 +113,10 @@ def load_loss(path: str | os.PathLike[str], *, learnable: tuple[str, ...] = ()) 
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LearnedLossError(f"No learned-loss file at {path}: run the search phase first or fix the path.") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise LearnedLossError(f"{path} is not valid YAML (truncated or corrupted?): {error}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise LearnedLossError(f"{path} is not a lightning-autobalance learned-loss file (expected format: {FORMAT}).")

@@ -101,13 +101,14 @@ def fit(tmp_path, callback, max_epochs=3, seed=0, **trainer_kwargs):
 def test_fit_changes_alpha_logs_it_and_exports_yaml_that_loads_back(tmp_path):
     callback = make_callback(tmp_path)
     logger = CSVLogger(tmp_path, name="logs")
-    model, trainer = fit(tmp_path, callback, logger=logger, log_every_n_steps=1)
+    _model, _trainer = fit(tmp_path, callback, logger=logger, log_every_n_steps=1)
     assert callback.hyper_steps > 3 and callback.skipped_steps == 0
     # α moved away from the CE start (Δ = 1, ι = 0)
     assert not torch.allclose(callback.loss.delta(), torch.ones(1, K))
     assert not torch.allclose(callback.loss.iota(), torch.zeros(1, K))
     # logged per class under stable names
-    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    with open(Path(logger.log_dir) / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
     logged = [float(r["autobalance/iota/c2"]) for r in rows if r.get("autobalance/iota/c2")]
     assert len(logged) == callback.hyper_steps
     assert logged[-1] == pytest.approx(float(callback.loss.iota()[0, 2]), abs=1e-6)

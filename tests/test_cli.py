@@ -57,8 +57,15 @@ def test_bad_phases_fail_early(tmp_path):
 
 @pytest.mark.slow
 def test_console_entry_point_runs_hydra_app(tmp_path):
-    command = [sys.executable, "-m", "lightning_autobalance", *SMALL, "phases=[ce]",
-               f"data.root={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    command = [
+        sys.executable,
+        "-m",
+        "lightning_autobalance",
+        *SMALL,
+        "phases=[ce]",
+        f"data.root={tmp_path / 'data'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| CE |" in done.stdout

@@ -1,5 +1,7 @@
 """hypergradient against the dense implicit-function-theorem formula on multinomial logistic regression."""
 
+import itertools
+
 import pytest
 import torch
 from torch.func import functional_call
@@ -8,8 +10,15 @@ from lightning_autobalance.hypergrad import ConjugateGradient, Neumann, hypergra
 from lightning_autobalance.losses import ParametricCrossEntropy
 from lightning_autobalance.objectives import balanced_cross_entropy
 
-torch.set_default_dtype(torch.float64)
 D, K, RIDGE = 5, 3, 0.1
+
+
+@pytest.fixture(autouse=True, scope="module")
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def make_problem(seed=0):
@@ -77,10 +86,10 @@ def dense_ift(inner, outer, params, hparams):
     hsizes = [hparams[k].numel() for k in hnames]
 
     def unflat(vec):
-        return {n: t.view(s) for n, t, s in zip(names, vec.split(sizes), shapes)}
+        return {n: t.view(s) for n, t, s in zip(names, vec.split(sizes), shapes, strict=False)}
 
     def unflat_h(vec):
-        return {n: t.view(hparams[n].shape) for n, t in zip(hnames, vec.split(hsizes))}
+        return {n: t.view(hparams[n].shape) for n, t in zip(hnames, vec.split(hsizes), strict=False)}
 
     theta = torch.cat([params[k].reshape(-1) for k in names])
     alpha = torch.cat([hparams[k].reshape(-1) for k in hnames])
@@ -116,7 +125,7 @@ def test_neumann_matches_dense_ift_and_error_shrinks(problem):
         result = hypergradient(inner, outer, params, hparams, Neumann(terms=terms, alpha=alpha))
         errors.append(float((flat(result.grads) - exact).norm() / exact.norm()))
     assert errors[-1] <= 1e-3, errors
-    assert all(b < a for a, b in zip(errors, errors[1:])), errors
+    assert all(b < a for a, b in itertools.pairwise(errors)), errors
     assert errors[0] > 1e-2  # few terms really are inaccurate here: the test can fail
 
 
@@ -134,7 +143,7 @@ def test_conjugate_gradient_matches_dense_ift(problem):
 
 
 def test_hypergradient_matches_finite_differences_of_resolved_inner(problem):
-    inner, outer, params, hparams, exact, _ = problem
+    inner, outer, params, hparams, _exact, _ = problem
     eps = 1e-5
     name = "raw_iota"
     fd = torch.zeros_like(hparams[name]).reshape(-1)

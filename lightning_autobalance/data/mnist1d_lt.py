@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import tempfile
+import zipfile
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -46,19 +48,25 @@ def generate_mnist1d(per_class: int, seed: int, root: str | os.PathLike[str] | N
         try:
             with np.load(path, allow_pickle=False) as cached:
                 return {"x": cached["x"], "y": cached["y"]}
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             path.unlink(missing_ok=True)  # a corrupted cache is regenerated
-    state = np.random.get_state()
+    numpy_state, python_state = np.random.get_state(), random.getstate()
     try:
         data = make_dataset(args)
-    finally:
-        np.random.set_state(state)  # mnist1d seeds numpy's global generator
+    finally:  # mnist1d seeds the global numpy and Python generators: give the user theirs back
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
     arrays = {"x": data["x"].astype(np.float32), "y": data["y"].astype(np.int64)}
     root.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".mnist1d", suffix=".npz", dir=root)
-    with os.fdopen(fd, "wb") as handle:
-        np.savez(handle, **arrays)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return arrays
 
 

@@ -151,10 +151,13 @@ class HeldOutSplit(pl.LightningDataModule):
                     self.num_groups, num_classes
                 )
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _require_setup(self) -> DataLoader:
         if self._template is None:
             raise RuntimeError("HeldOutSplit.setup('fit') must run before its loaders are used.")
-        template = self._template
+        return self._template
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        template = self._require_setup()
         sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None  # type: ignore[arg-type]
         return DataLoader(
             dataset,
@@ -169,10 +172,12 @@ class HeldOutSplit(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Train part, in an order fixed by ``(seed, epoch)``."""
+        self._require_setup()
         return self._loader(self.train_dataset, shuffle=True)
 
     def heldout_dataloader(self) -> DataLoader:
         """Held-out part, in a fixed order."""
+        self._require_setup()
         return self._loader(self.heldout_dataset, shuffle=False)
 
     def val_dataloader(self):
