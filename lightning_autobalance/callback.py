@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -72,6 +74,8 @@ class AutoBalance(Callback):
         solver: how H⁻¹ is applied (default ``Neumann(terms=5, alpha=1.0)``, the reference's).
         export_path: where to write the learned loss (default ``<log_dir>/autobalance_loss.yaml``).
         seed: seed of the hyper-step batch draws.
+        check_sync: under DDP, verify after every hyper-step that α is identical on all processes (two tiny
+            all-reduces).
 
     Example:
         >>> callback = AutoBalance(preset="la", learn=("delta", "iota"), warmup_epochs=2, every_n_steps=20)
@@ -102,6 +106,7 @@ class AutoBalance(Callback):
         solver: LinearSolver | None = None,
         export_path: str | os.PathLike[str] | None = None,
         seed: int = 0,
+        check_sync: bool = True,
     ) -> None:
         super().__init__()
         if loss is None and preset not in PRESETS:
@@ -133,6 +138,7 @@ class AutoBalance(Callback):
         self.solver: LinearSolver = solver if solver is not None else Neumann(terms=5, alpha=1.0)
         self.export_path = None if export_path is None else Path(export_path)
         self.seed = seed
+        self.check_sync = check_sync
 
         self.loss: ParametricCrossEntropy | None = None
         self.hyper_optimizer: Optimizer | None = None
@@ -154,6 +160,7 @@ class AutoBalance(Callback):
                 f"`class {type(pl_module).__name__}(AutoBalanceMixin, LightningModule)` and compute the training "
                 "loss with `self.autobalance_loss(logits, y)`."
             )
+        _check_strategy(trainer)
         datamodule = trainer.datamodule
         if not isinstance(datamodule, HeldOutSplit):
             raise TypeError(
@@ -211,24 +218,38 @@ class AutoBalance(Callback):
         self._last_step = step
         self.hyper_step(trainer, pl_module)
 
-    def _draw_batches(self, dataset: Any, count: int, generator: torch.Generator, trainer: pl.Trainer) -> list[Any]:
+    def _draw_batches(
+        self, dataset: Any, count: int, generator: torch.Generator, trainer: pl.Trainer
+    ) -> tuple[list[Any], int]:
+        """This process's share of ``count`` global batches drawn with ``generator`` (the same on every process).
+
+        Global batch ``b`` goes whole to process ``b mod world_size``, so the union over processes is exactly the draw
+        of a single process and no sample enters the objective twice.
+        """
         template = self._datamodule._template
         batch_size = self.batch_size or template.batch_size or 1
         total = min(len(dataset), count * batch_size)
         order = torch.randperm(len(dataset), generator=generator)[:total]
-        batches = []
+        world, rank = trainer.world_size, trainer.global_rank
         # nearly equal batches, so a remainder never makes a tiny batch (BatchNorm rejects a batch of one)
-        for chunk in torch.tensor_split(order, math.ceil(total / batch_size)):
-            items = [dataset[i] for i in chunk.tolist()]
-            batches.append(trainer.strategy.batch_to_device(template.collate_fn(items)))
-        return batches
+        chunks = torch.tensor_split(order, max(world, math.ceil(total / batch_size)))
+        return [
+            trainer.strategy.batch_to_device(template.collate_fn([dataset[i] for i in chunk.tolist()]))
+            for chunk in chunks[rank::world]
+        ], len(chunks)
 
     def hyper_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
-        """One hyper-step; returns whether α was updated (False when the hypergradient was not finite)."""
+        """One hyper-step; returns whether α was updated (False when the hypergradient was not finite).
+
+        Under DDP every process computes on its share of the global hyper-batches; held-out logits are gathered
+        (with autograd) so the objective is the one of the union, and ∇_θ objective, every Hessian-vector product and
+        the hypergradient are averaged across processes. The result equals a single process on the same global batches.
+        """
         assert self.loss is not None and self.hyper_optimizer is not None and self._forward is not None
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.hyper_steps)
-        train = self._draw_batches(self._datamodule.train_dataset, self.train_batches, generator, trainer)
-        heldout = self._draw_batches(self._datamodule.heldout_dataset, self.heldout_batches, generator, trainer)
+        train, num_train = self._draw_batches(self._datamodule.train_dataset, self.train_batches, generator, trainer)
+        heldout, _ = self._draw_batches(self._datamodule.heldout_dataset, self.heldout_batches, generator, trainer)
+        world = trainer.world_size
 
         forward, loss_module, objective = self._forward, self.loss, self.objective
         # Buffers are cloned per pass, so BatchNorm running statistics of the model are never touched.
@@ -240,22 +261,27 @@ class AutoBalance(Callback):
             return functional_call(forward, state, (batch,))
 
         def inner(theta: dict[str, Tensor], alpha: dict[str, Tensor]) -> Tensor:
+            # world/num_train · Σ_local: averaged over processes this is the mean over all global batches
             losses = [functional_call(loss_module, alpha, run(theta, batch)) for batch in train]
-            return torch.stack(losses).mean()
+            return torch.stack(losses).sum() * (world / num_train)
 
         def outer(theta: dict[str, Tensor], alpha: dict[str, Tensor]) -> Tensor:
             outputs = [run(theta, batch) for batch in heldout]
             logits = torch.cat([o[0] for o in outputs])
             targets = torch.cat([o[1] for o in outputs])
             groups = None if outputs[0][2] is None else torch.cat([o[2] for o in outputs])  # type: ignore[misc]
+            if world > 1:
+                logits, targets, groups = gather_across_processes(logits, targets, groups)
             return objective(logits, targets, groups)
 
+        def average(tensor: Tensor) -> Tensor:
+            return trainer.strategy.reduce(tensor, reduce_op="mean")
+
         with torch.inference_mode(False), torch.enable_grad():
-            result = hypergradient(inner, outer, params, loss_module.hparams(), self.solver)
+            result = hypergradient(inner, outer, params, loss_module.hparams(), self.solver, reduce=average)
         names = list(result.grads)
         flat = torch.cat([result.grads[n].reshape(-1) for n in names])
-        flat = trainer.strategy.reduce(flat, reduce_op="mean")
-        outer_value = trainer.strategy.reduce(result.outer, reduce_op="mean")
+        outer_value = result.outer
         if not torch.isfinite(flat).all():
             self.skipped_steps += 1
             rank_zero_warn(
@@ -273,6 +299,8 @@ class AutoBalance(Callback):
         self.hyper_optimizer.step()
         self.hyper_optimizer.zero_grad(set_to_none=True)
         self.hyper_steps += 1
+        if self.check_sync and world > 1:
+            self._check_identical_across_processes(trainer)
         metrics = {
             "autobalance/objective": float(outer_value),
             "autobalance/hypergrad_norm": float(flat.norm()),
@@ -282,6 +310,19 @@ class AutoBalance(Callback):
         metrics.update(self.current_values())
         self._log(trainer, metrics)
         return True
+
+    def _check_identical_across_processes(self, trainer: pl.Trainer) -> None:
+        """Fail loudly if α differs between processes (one small all-reduce of min and max)."""
+        assert self.loss is not None
+        flat = torch.cat([p.detach().reshape(-1) for p in self.loss.hparams().values()])
+        low = trainer.strategy.reduce(-flat.clone(), reduce_op="max")
+        high = trainer.strategy.reduce(flat.clone(), reduce_op="max")
+        if not torch.equal(-low, high):
+            raise RuntimeError(
+                f"AutoBalance: the loss hyperparameters differ across processes after hyper-step {self.hyper_steps} "
+                f"(largest gap {float((high + low).max()):.3g}). Every process must run every hyper-step; do not "
+                "change α on one rank only."
+            )
 
     @staticmethod
     def _log(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
@@ -361,3 +402,49 @@ class AutoBalance(Callback):
         self.hyper_steps = int(state["hyper_steps"])
         self.skipped_steps = int(state["skipped_steps"])
         self._last_step = int(state.get("last_step", -1))
+
+
+def _check_strategy(trainer: pl.Trainer) -> None:
+    strategy = trainer.strategy
+    supported = (
+        isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and "deepspeed" not in type(strategy).__name__.lower()
+    )
+    if not supported:
+        raise ValueError(
+            f"AutoBalance supports single-device training and the DDP strategies (ddp, ddp_spawn, "
+            f"ddp_find_unused_parameters_*), not {type(strategy).__name__}: use `Trainer(strategy='ddp')`."
+        )
+
+
+def gather_across_processes(
+    logits: Tensor, targets: Tensor, groups: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Concatenate every process's held-out logits (differentiably), targets and groups, in rank order.
+
+    Shards may differ in length: they are padded to the longest for the collective and cut back afterwards. The
+    backward pass of the autograd all-gather sums the gradients of all processes, so each process's gradient is
+    ``world_size`` times its share; averaging across processes (as :func:`hypergradient` does) gives the exact total.
+    """
+    import torch.distributed as dist
+    import torch.distributed.nn.functional as dist_fn
+
+    world = dist.get_world_size()
+    sizes = [torch.zeros(1, dtype=torch.long, device=logits.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([logits.shape[0]], device=logits.device))
+    lengths = [int(n) for n in sizes]
+    longest = max(lengths)
+
+    def pad(x: Tensor) -> Tensor:
+        return torch.cat([x, x.new_zeros((longest - x.shape[0], *x.shape[1:]))])
+
+    def gather_labels(x: Tensor) -> Tensor:
+        parts = [torch.empty_like(pad(x)) for _ in range(world)]
+        dist.all_gather(parts, pad(x))
+        return torch.cat([p[:n] for p, n in zip(parts, lengths, strict=True)])
+
+    with warnings.catch_warnings():  # the autograd all-gather is deprecated in favour of a private API
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        gathered = dist_fn.all_gather(pad(logits))
+    all_logits = torch.cat([p[:n] for p, n in zip(gathered, lengths, strict=True)])
+    return all_logits, gather_labels(targets), None if groups is None else gather_labels(groups)

@@ -157,6 +157,7 @@ def hypergradient(
     params: Mapping[str, Tensor],
     hparams: Mapping[str, Tensor],
     solver: LinearSolver | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> HypergradientResult:
     """Implicit-function-theorem hypergradient of ``outer`` with respect to ``hparams``.
 
@@ -166,6 +167,11 @@ def hypergradient(
         params: weights θ at which to evaluate (an approximate minimiser of ``inner``), by name.
         hparams: hyperparameters α, by name.
         solver: how to apply H⁻¹ (default :class:`Neumann` with the reference's 5 terms and step 1).
+        reduce: for data-parallel use, a function that averages a flat tensor across processes (e.g. an all-reduce
+            mean). Each process passes its share of the problem — ``inner`` such that the global inner objective is the
+            mean over processes, and ``outer`` whose gradients, averaged over processes, are the global ones — and
+            ``reduce`` is applied to ∇_θ outer, to every Hessian-vector product and to the result, so every process
+            returns the hypergradient of the global problem (the same on all of them).
 
     Returns:
         The hypergradient per hyperparameter (same shapes as ``hparams``) and the values of ``outer`` and
@@ -192,7 +198,8 @@ def hypergradient(
     outer_value = outer(theta, alpha)
     _check_scalar(outer_value, "outer")
     outer_grads = _grad_or_zeros(outer_value, {**theta, **alpha})
-    v = tuple(g.detach() for g in outer_grads[: len(theta)])
+    average = _flat_reducer(reduce)
+    v = average(tuple(g.detach() for g in outer_grads[: len(theta)]))
     direct = outer_grads[len(theta) :]
 
     inner_value = inner(theta, alpha)
@@ -209,7 +216,9 @@ def hypergradient(
         products = torch.autograd.grad(
             linked_grads, weights, [vectors[i] for i in linked], retain_graph=True, allow_unused=True
         )
-        return tuple(torch.zeros_like(w) if p is None else p.detach() for p, w in zip(products, weights, strict=True))
+        return average(
+            tuple(torch.zeros_like(w) if p is None else p.detach() for p, w in zip(products, weights, strict=True))
+        )
 
     solution = solver(hvp, v)
     if linked:
@@ -219,8 +228,21 @@ def hypergradient(
     else:
         mixed = (None,) * len(alpha)
     mixed = tuple(torch.zeros_like(a) if m is None else m for m, a in zip(mixed, alpha.values(), strict=True))
-    grads = {name: (d - m).detach() for name, d, m in zip(alpha, direct, mixed, strict=True)}
+    total = average(tuple((d - m).detach() for d, m in zip(direct, mixed, strict=True)))
+    grads = dict(zip(alpha, total, strict=True))
     return HypergradientResult(grads=grads, outer=outer_value.detach(), inner=inner_value.detach())
+
+
+def _flat_reducer(reduce: Callable[[Tensor], Tensor] | None) -> Callable[[Vectors], Vectors]:
+    """Apply ``reduce`` once to the concatenation of a tuple of tensors (one collective per call)."""
+    if reduce is None:
+        return lambda vectors: vectors
+
+    def apply(vectors: Vectors) -> Vectors:
+        flat = reduce(torch.cat([v.reshape(-1) for v in vectors]))
+        return tuple(part.view_as(v) for part, v in zip(flat.split([v.numel() for v in vectors]), vectors, strict=True))
+
+    return apply
 
 
 def _check_scalar(value: Tensor, name: str) -> None:

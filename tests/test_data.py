@@ -9,10 +9,17 @@ import mnist1d.data
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler, Subset, TensorDataset
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    SequentialSampler,
+    Subset,
+    TensorDataset,
+)
 
 from lightning_autobalance.data import (
-    EpochShuffleSampler,
     HeldOutSplit,
     MNIST1DLongTail,
     dataset_labels,
@@ -285,36 +292,6 @@ def test_stratified_split_rejects_single_sample_cell_and_names_it():
         stratified_split(targets, groups, 0.3)
 
 
-# ---------------------------------------------------------------------------------------------- EpochShuffleSampler
-
-
-def test_epoch_shuffle_sampler_is_a_permutation():
-    sampler = EpochShuffleSampler(50, seed=3)
-    assert len(sampler) == 50
-    for epoch in range(3):
-        sampler.set_epoch(epoch)
-        order = list(sampler)
-        assert sorted(order) == list(range(50))
-        assert order != list(range(50))
-
-
-def test_epoch_shuffle_sampler_depends_only_on_seed_and_epoch():
-    a, b = EpochShuffleSampler(40, seed=5), EpochShuffleSampler(40, seed=5)
-    a.set_epoch(2)
-    list(b)  # iterating another epoch first must not change the order of epoch 2
-    b.set_epoch(2)
-    assert list(a) == list(b) == list(a)
-    orders = []
-    for epoch in range(4):
-        a.set_epoch(epoch)
-        orders.append(list(a))
-    assert len({tuple(o) for o in orders}) == 4
-    c = EpochShuffleSampler(40, seed=6)
-    c.set_epoch(2)
-    a.set_epoch(2)
-    assert list(c) != list(a)
-
-
 # ---------------------------------------------------------------------------------------------- HeldOutSplit
 
 
@@ -420,8 +397,14 @@ def test_held_out_split_train_loader_follows_wrapped_loader():
     split = _setup(HeldOutSplit(dm, fraction=0.2, seed=4))
     loader = split.train_dataloader()
     assert loader.batch_size == 3 == dm.train_dataloader().batch_size
-    assert isinstance(loader.sampler, EpochShuffleSampler)
+    assert isinstance(loader.sampler, DistributedSampler)
     assert [len(b[0]) for b in loader] == [3, 3, 3, 3, 3, 1]  # 16 training samples
+    # each epoch is a permutation fixed by (seed, epoch), the same as torch's DistributedSampler on one process
+    for epoch in range(3):
+        loader.sampler.set_epoch(epoch)
+        expected = torch.randperm(16, generator=torch.Generator().manual_seed(4 + epoch)).tolist()
+        assert list(loader.sampler) == expected
+    loader.sampler.set_epoch(0)
     # the order is fixed by (seed, epoch): two loaders give the same batches
     first = [b[0].flatten().tolist() for b in split.train_dataloader()]
     second = [b[0].flatten().tolist() for b in split.train_dataloader()]

@@ -3,10 +3,9 @@
 from lightning_autobalance.data.labels import dataset_labels
 from lightning_autobalance.data.mnist1d_lt import MNIST1DLongTail
 from lightning_autobalance.data.profiles import long_tail_counts
-from lightning_autobalance.data.split import EpochShuffleSampler, HeldOutSplit, stratified_split
+from lightning_autobalance.data.split import HeldOutSplit, stratified_split
 
 __all__ = [
-    "EpochShuffleSampler",
     "HeldOutSplit",
     "MNIST1DLongTail",
     "dataset_labels",

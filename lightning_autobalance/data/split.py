@@ -2,44 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from lightning_autobalance.data.labels import dataset_labels
 
-__all__ = ["EpochShuffleSampler", "HeldOutSplit", "stratified_split"]
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """Random order that depends only on ``(seed, epoch)``, so a resumed run sees the same batches.
-
-    Lightning calls :meth:`set_epoch` at the start of every epoch.
-
-    Example:
-        >>> sampler = EpochShuffleSampler(5, seed=0)
-        >>> sampler.set_epoch(1)
-        >>> sorted(sampler)
-        [0, 1, 2, 3, 4]
-    """
-
-    def __init__(self, size: int, seed: int = 0) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the permutation of ``epoch``."""
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.size
+__all__ = ["HeldOutSplit", "stratified_split"]
 
 
 def stratified_split(targets: Tensor, groups: Tensor | None, fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -158,7 +129,14 @@ class HeldOutSplit(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         template = self._require_setup()
-        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None  # type: ignore[arg-type]
+        sampler = None
+        if shuffle:
+            # The order depends only on (seed, epoch) — Lightning calls set_epoch — so a resumed run sees the same
+            # batches; under DDP each process takes every world_size-th index of the same permutation, so the global
+            # batches equal a single process's batches of world_size × batch_size.
+            trainer = self.trainer
+            world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         return DataLoader(
             dataset,
             batch_size=template.batch_size,
@@ -171,7 +149,7 @@ class HeldOutSplit(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Train part, in an order fixed by ``(seed, epoch)``."""
+        """Train part, in an order fixed by ``(seed, epoch)``, sharded across processes under DDP."""
         self._require_setup()
         return self._loader(self.train_dataset, shuffle=True)
 

@@ -1,0 +1,121 @@
+"""AutoBalance under DDP on the CPU (gloo): 2 processes, resume, and 2 torchrun nodes on 127.0.0.1."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parent / "scripts" / "ddp_search.py"
+pytestmark = [pytest.mark.ddp, pytest.mark.slow]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def environment():
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    env["MASTER_PORT"] = str(free_port())
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
+        env.pop(key, None)
+    return env
+
+
+def launch(out, *args, env=None):
+    command = [sys.executable, str(SCRIPT), "--out", str(out), *map(str, args)]
+    done = subprocess.run(command, env=env or environment(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def records(out, world):
+    return [json.loads((Path(out) / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    launch(out, "--batch-size", 32)  # the same global batches as 2 processes × 16
+    return records(out, 1)[0]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    launch(out, "--devices", 2, "--strategy", "ddp", "--batch-size", 16)
+    return records(out, 2)
+
+
+def assert_close(a, b, tol=1e-6):
+    assert len(a) == len(b)
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= tol, (a, b)
+
+
+def test_two_processes_match_single_process_and_each_other(single, two_processes):
+    rank0, rank1 = two_processes
+    assert rank0["world_size"] == 2 and rank1["rank"] == 1
+    assert single["hyper_steps"] == rank0["hyper_steps"] == rank1["hyper_steps"] > 3
+    # α identical on both ranks after every hyper-step
+    assert rank0["history"] == rank1["history"]
+    # and equal to the single-process run on the same global batches
+    for step_ddp, step_single in zip(rank0["history"], single["history"], strict=True):
+        assert_close(step_ddp, step_single)
+    assert any(abs(v) > 0.05 for v in single["alpha"])  # α really moved
+    # metrics synced: every rank reports the single-process value on the union
+    assert rank0["metrics"] == rank1["metrics"]
+    for key, value in single["metrics"].items():
+        assert rank0["metrics"][key] == pytest.approx(value, abs=1e-7)
+
+
+def test_crash_and_resume_under_ddp_reproduces_alpha(tmp_path, two_processes):
+    checkpoints = tmp_path / "ckpt"
+    launch(tmp_path / "first", "--devices", 2, "--strategy", "ddp", "--epochs", 2, "--checkpoint-dir", checkpoints)
+    first = records(tmp_path / "first", 2)[0]
+    assert 0 < first["hyper_steps"] < two_processes[0]["hyper_steps"]  # stopped mid-search
+    launch(tmp_path / "resumed", "--devices", 2, "--strategy", "ddp", "--resume", checkpoints / "last.ckpt")
+    resumed = records(tmp_path / "resumed", 2)
+    assert resumed[0]["alpha"] == resumed[1]["alpha"]
+    assert resumed[0]["hyper_steps"] == two_processes[0]["hyper_steps"]
+    assert resumed[0]["alpha"] == two_processes[0]["alpha"]
+
+
+def test_two_torchrun_nodes_match_single_node_ddp(tmp_path, two_processes):
+    env = environment()
+    port = env.pop("MASTER_PORT")
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        port,
+    ]
+    script = [str(SCRIPT), "--out", str(tmp_path), "--devices", "1", "--num-nodes", "2", "--strategy", "ddp"]
+    nodes = [
+        subprocess.Popen(
+            [*torchrun, "--node-rank", str(rank), *script],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    node0, node1 = records(tmp_path, 2)
+    assert (node0["world_size"], node1["node_rank"]) == (2, 1)
+    assert node0["history"] == node1["history"]
+    for a, b in zip(node0["history"], two_processes[0]["history"], strict=True):
+        assert_close(a, b)
