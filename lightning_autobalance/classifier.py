@@ -63,7 +63,7 @@ class ImbalancedClassifier(AutoBalanceMixin, pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss = self.autobalance_step_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         return loss
 
     def _evaluate(self, stage: str, batch: Any) -> None:

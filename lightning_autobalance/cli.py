@@ -10,7 +10,7 @@ long-tailed MNIST-1D by default:
 
 then prints one table (balanced, worst-class and overall test error of CE and AutoBalance) and the learned per-class
 Δ and ι, and writes ``results.md``, ``results.json`` and ``per_class.png`` into the Hydra run directory. ``main``
-returns AutoBalance's balanced test error, the value Hydra sweepers minimise.
+returns the search model's balanced error on the held-out split, the value Hydra sweepers minimise.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_autobalance.callback import AutoBalance
 from lightning_autobalance.classifier import ImbalancedClassifier
 from lightning_autobalance.data.split import HeldOutSplit
-from lightning_autobalance.learned_loss import load_loss, write_text_atomic
+from lightning_autobalance.launch import HydraJobDDPStrategy, finish_ddp_job
+from lightning_autobalance.learned_loss import write_text_atomic
 from lightning_autobalance.losses import ParametricCrossEntropy
 from lightning_autobalance.metrics import balanced_error, class_errors, worst_class_error
 
@@ -64,8 +65,11 @@ def test_report(model: pl.LightningModule, loader: Any, num_classes: int) -> dic
 
 
 def _trainer(cfg: DictConfig, out: Path, phase: str, max_epochs: int, callbacks: list[Any] | None = None) -> pl.Trainer:
+    options: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
+    if options.get("strategy") == "ddp" and HydraConfig.initialized():
+        options["strategy"] = HydraJobDDPStrategy()  # workers re-run this job, not the whole sweep
     return pl.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),  # type: ignore[arg-type]
+        **options,
         max_epochs=max_epochs,
         callbacks=callbacks or [],
         logger=CSVLogger(out / "logs", name=phase),
@@ -148,11 +152,13 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     counts = datamodule.class_counts.tolist()
     results: dict[str, dict[str, Any]] = {}
     learned: ParametricCrossEntropy | None = None
+    trainer: pl.Trainer | None = None
 
     if "ce" in phases:
         pl.seed_everything(cfg.seed, workers=True)
         model = _model(cfg, num_classes)
-        _trainer(cfg, out, "ce", cfg.train.max_epochs).fit(model, datamodule=datamodule)
+        trainer = _trainer(cfg, out, "ce", cfg.train.max_epochs)
+        trainer.fit(model, datamodule=datamodule)
         results["CE"] = test_report(model, datamodule.test_dataloader(), num_classes)
 
     if "search" in phases:
@@ -161,17 +167,25 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
         callback: AutoBalance = instantiate(cfg.autobalance, export_path=str(export))
         model = _model(cfg, num_classes)
         split = HeldOutSplit(datamodule, fraction=cfg.search.heldout_fraction, seed=cfg.seed, num_classes=num_classes)
-        _trainer(cfg, out, "search", cfg.search.max_epochs, [callback]).fit(model, datamodule=split)
-        learned = load_loss(export)
+        trainer = _trainer(cfg, out, "search", cfg.search.max_epochs, [callback])
+        trainer.fit(model, datamodule=split)
+        assert callback.loss is not None
+        # α is identical on every process; rank zero also wrote it to `export`
+        learned = callback.loss.frozen()
         results["AutoBalance (search model)"] = test_report(model, datamodule.test_dataloader(), num_classes)
+        heldout = test_report(model, split.heldout_dataloader(), num_classes)
+        results["AutoBalance (search model)"]["heldout_balanced_error"] = heldout["balanced_error"]
 
     if "retrain" in phases and learned is not None:
         pl.seed_everything(cfg.seed, workers=True)
         model = _model(cfg, num_classes)
         model.autobalance_loss = learned
-        _trainer(cfg, out, "retrain", cfg.train.max_epochs).fit(model, datamodule=datamodule)
+        trainer = _trainer(cfg, out, "retrain", cfg.train.max_epochs)
+        trainer.fit(model, datamodule=datamodule)
         results["AutoBalance"] = test_report(model, datamodule.test_dataloader(), num_classes)
 
+    if trainer is not None and not trainer.is_global_zero:
+        return results  # a DDP worker: rank zero reports
     report = "## Test errors\n\n" + format_table(results)
     if learned is not None:
         report += "\n\n## Learned loss (per class)\n\n" + format_loss(learned)
@@ -184,8 +198,14 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Hydra entry point; returns AutoBalance's balanced test error (or CE's if AutoBalance did not run)."""
+    """Hydra entry point; returns the value sweepers minimise: the search model's balanced error on the held-out split.
+
+    Never a test-set number (so a sweep cannot select on the test set); ``nan`` when the search phase did not run.
+    """
     out = Path(HydraConfig.get().runtime.output_dir)
-    results = run(cfg, out)
-    final = results.get("AutoBalance") or results.get("AutoBalance (search model)") or results.get("CE")
-    return float(final["balanced_error"]) if final else float("nan")
+    try:
+        results = run(cfg, out)
+    finally:
+        finish_ddp_job()
+    search = results.get("AutoBalance (search model)")
+    return float(search["heldout_balanced_error"]) if search else float("nan")

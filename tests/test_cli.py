@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 
 from lightning_autobalance import load_loss
 from lightning_autobalance.cli import run
+from tests.conftest import subprocess_env
 
 CONF = __import__("pathlib").Path(__file__).resolve().parents[1] / "conf"
 SMALL = [
@@ -66,7 +67,34 @@ def test_console_entry_point_runs_hydra_app(tmp_path):
         f"data.root={tmp_path / 'data'}",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| CE |" in done.stdout
     assert (tmp_path / "run" / "results.md").exists()
+
+
+def test_sweeper_and_launcher_configs_compose(tmp_path):
+    cfg = compose_config(["hparams_search=autobalance_optuna"], tmp_path)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        full = compose(
+            "config", overrides=["hparams_search=autobalance_optuna", "hydra/launcher=slurm"], return_hydra_config=True
+        )
+    assert full.hydra.sweeper._target_.endswith("OptunaSweeper")
+    assert "autobalance.hyper_optimizer.lr" in full.hydra.sweeper.params
+    assert full.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.autobalance.hyper_optimizer.lr == 0.05
+
+
+@pytest.mark.slow
+def test_optuna_sweep_minimises_heldout_error(tmp_path):
+    command = [sys.executable, "-m", "lightning_autobalance", "hparams_search=autobalance_optuna",
+               "hydra.sweeper.n_trials=2", "phases=[search]", *SMALL, f"data.root={tmp_path / 'data'}",
+               f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    best = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
+    assert "best_value" in best
+    value = float(best.split("best_value:")[1].split()[0])
+    results = [json.loads((tmp_path / "sweep" / str(i) / "results.json").read_text()) for i in range(2)]
+    heldout = [r["results"]["AutoBalance (search model)"]["heldout_balanced_error"] for r in results]
+    assert value == pytest.approx(min(heldout))

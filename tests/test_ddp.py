@@ -1,13 +1,14 @@
 """AutoBalance under DDP on the CPU (gloo): 2 processes, resume, and 2 torchrun nodes on 127.0.0.1."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import subprocess_env
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_search.py"
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
@@ -20,11 +21,8 @@ def free_port():
 
 
 def environment():
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    env = subprocess_env()
     env["MASTER_PORT"] = str(free_port())
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
-    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
-        env.pop(key, None)
     return env
 
 

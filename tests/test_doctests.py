@@ -14,6 +14,7 @@ MODULES = [
     "lightning_autobalance.models",
     "lightning_autobalance.classifier",
     "lightning_autobalance.callback",
+    "lightning_autobalance.launch",
     "lightning_autobalance.data.profiles",
     "lightning_autobalance.data.labels",
     "lightning_autobalance.data.split",
