@@ -7,11 +7,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_autobalance.losses import ParametricCrossEntropy
-from lightning_autobalance.metrics import BalancedError, WorstClassError
 from lightning_autobalance.mixin import AutoBalanceMixin
 
 __all__ = ["ImbalancedClassifier"]
@@ -20,8 +17,8 @@ __all__ = ["ImbalancedClassifier"]
 class ImbalancedClassifier(AutoBalanceMixin, pl.LightningModule):
     """Classifier trained with the AutoBalance loss (plain cross-entropy until a callback or you install another).
 
-    Logs ``train/loss``, and on validation / test ``{stage}/balanced_error``, ``{stage}/worst_class_error`` and
-    ``{stage}/error``. SGD with momentum and a cosine learning-rate schedule over ``trainer.max_epochs``.
+    Logs ``train/loss``; validation and test metrics come from :class:`AutoBalanceMixin`. SGD with momentum and a
+    cosine learning-rate schedule over ``trainer.max_epochs``.
 
     Args:
         net: the network mapping inputs to (B, num_classes) logits.
@@ -44,19 +41,6 @@ class ImbalancedClassifier(AutoBalanceMixin, pl.LightningModule):
         self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.autobalance_loss = ParametricCrossEntropy(num_classes)
-        self.metrics = nn.ModuleDict(
-            {
-                stage: MetricCollection(
-                    {
-                        "balanced_error": BalancedError(num_classes),
-                        "worst_class_error": WorstClassError(num_classes),
-                        "accuracy": MulticlassAccuracy(num_classes, average="micro"),
-                    },
-                    prefix=f"{stage}/",
-                )
-                for stage in ("val", "test")
-            }
-        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -65,28 +49,6 @@ class ImbalancedClassifier(AutoBalanceMixin, pl.LightningModule):
         loss = self.autobalance_step_loss(batch)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         return loss
-
-    def _evaluate(self, stage: str, batch: Any) -> None:
-        logits, targets, _ = self.autobalance_forward(batch)
-        self.metrics[stage].update(logits, targets)
-
-    def _log_epoch(self, stage: str) -> None:
-        values = self.metrics[stage].compute()
-        values[f"{stage}/error"] = 1 - values.pop(f"{stage}/accuracy")
-        self.log_dict(values, prog_bar=stage == "val")
-        self.metrics[stage].reset()
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate("val", batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate("test", batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.SGD(

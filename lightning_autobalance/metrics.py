@@ -67,6 +67,7 @@ __all__ = [
     "DemographicParityGap",
     "EqualOpportunityGap",
     "EqualizedOddsGap",
+    "Error",
     "GroupConfusionMetric",
     "GroupErrors",
     "WorstClassError",
@@ -76,6 +77,7 @@ __all__ = [
     "demographic_parity_gap",
     "equal_opportunity_gap",
     "equalized_odds_gap",
+    "error",
     "group_errors",
     "worst_class_error",
     "worst_group_error",
@@ -464,6 +466,31 @@ class GroupConfusionMetric(Metric):
         return self.counts.clone()
 
 
+def _error_from_counts(counts: Tensor) -> Tensor:
+    if _is_empty(counts, "Error"):
+        return _nan((), counts)
+    correct = torch.diagonal(counts, dim1=1, dim2=2).sum()
+    return _out(1 - correct / counts.sum())
+
+
+class Error(GroupConfusionMetric):
+    r"""Overall error: the share of misclassified samples, all classes and groups pooled (1 − accuracy).
+
+    Example:
+        >>> import torch
+        >>> metric = Error(num_classes=3)
+        >>> metric.update(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 1]))
+        >>> metric.compute()
+        tensor(0.2500)
+    """
+
+    higher_is_better: bool | None = False
+
+    def compute(self) -> Tensor:
+        """Return the overall error (a 0-d tensor)."""
+        return _error_from_counts(self.counts)
+
+
 class BalancedError(GroupConfusionMetric):
     r"""Balanced error: mean over classes of the per-class error, i.e. 1 − balanced accuracy.
 
@@ -845,6 +872,25 @@ class EqualizedOddsGap(GroupConfusionMetric):
 # ----------------------------------------------------------------------------------------------------------
 # Functional twins
 # ----------------------------------------------------------------------------------------------------------
+
+
+def error(
+    preds: TensorLike,
+    target: TensorLike,
+    groups: TensorLike | None = None,
+    *,
+    num_classes: int,
+    num_groups: int = 1,
+    validate_args: bool = True,
+) -> Tensor:
+    """Overall error (1 − accuracy); functional form of :class:`Error`.
+
+    Example:
+        >>> import torch
+        >>> error(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 1]), num_classes=3)
+        tensor(0.2500)
+    """
+    return _error_from_counts(_confusion_counts(preds, target, groups, num_classes, num_groups, validate_args))
 
 
 def balanced_error(

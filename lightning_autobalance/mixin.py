@@ -6,7 +6,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor
+from torchmetrics import MetricCollection
 
+from lightning_autobalance import metrics as M
 from lightning_autobalance.losses import ParametricCrossEntropy
 
 __all__ = ["AutoBalanceMixin"]
@@ -25,6 +27,12 @@ class AutoBalanceMixin:
 
     Override :meth:`autobalance_forward` if your batches are not ``(x, y)`` or ``(x, y, g)`` tuples or your model is
     not called as ``self(x)``.
+
+    Validation and test come for free: the default ``validation_step`` / ``test_step`` log, per epoch and exact under
+    DDP, ``{stage}/balanced_error``, ``{stage}/worst_class_error`` and ``{stage}/error``, plus
+    ``{stage}/worst_group_error``, ``{stage}/demographic_parity_gap``, ``{stage}/equal_opportunity_gap`` and
+    ``{stage}/equalized_odds_gap`` when the loss has several groups. Define your own steps to replace them, or call
+    :meth:`autobalance_evaluate` from them.
 
     Example:
         >>> import lightning.pytorch as pl, torch
@@ -98,3 +106,38 @@ class AutoBalanceMixin:
         """Loss of a batch under the current AutoBalance loss (for ``training_step``)."""
         logits, targets, groups = self.autobalance_forward(batch)
         return self.autobalance_loss(logits, targets, groups)
+
+    def autobalance_metrics(self, stage: str) -> MetricCollection:
+        """The metrics of ``stage`` (e.g. ``"val"``, ``"test"``), created on first use from the loss's K and G."""
+        name = f"autobalance_{stage}_metrics"
+        collection = self._modules.get(name) if hasattr(self, "_modules") else None  # type: ignore[attr-defined]
+        if collection is None:
+            loss = self.autobalance_loss
+            k, g = loss.num_classes, loss.num_groups
+            members = {"balanced_error": M.BalancedError(k, g), "worst_class_error": M.WorstClassError(k, g),
+                       "error": M.Error(k, g)}  # fmt: skip
+            if g > 1:
+                members.update(
+                    worst_group_error=M.WorstGroupError(k, g),
+                    demographic_parity_gap=M.DemographicParityGap(k, g),
+                    equal_opportunity_gap=M.EqualOpportunityGap(k, g),
+                    equalized_odds_gap=M.EqualizedOddsGap(k, g),
+                )
+            collection = MetricCollection(members, prefix=f"{stage}/").to(loss.raw_iota.device)
+            self.add_module(name, collection)  # type: ignore[attr-defined]
+        return collection
+
+    def autobalance_evaluate(self, stage: str, batch: Any) -> None:
+        """Update the metrics of ``stage`` with a batch and log them (epoch-level, stable names)."""
+        logits, targets, groups = self.autobalance_forward(batch)
+        collection = self.autobalance_metrics(stage)
+        collection.update(logits, targets, groups)
+        self.log_dict(collection, on_step=False, on_epoch=True, prog_bar=stage == "val")  # type: ignore[attr-defined]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Log the validation metrics (see :meth:`autobalance_evaluate`)."""
+        self.autobalance_evaluate("val", batch)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        """Log the test metrics (see :meth:`autobalance_evaluate`)."""
+        self.autobalance_evaluate("test", batch)

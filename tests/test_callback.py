@@ -199,7 +199,7 @@ def test_errors_say_what_to_change(tmp_path):
         make_trainer(tmp_path, [make_callback(tmp_path)]).fit(
             TinyModel(), datamodule=HeldOutSplit(TinyData(), num_classes=4)
         )
-    with pytest.raises(ValueError, match=r"Labels must lie in \[0, 3\)|logits have shape"):
+    with pytest.raises(ValueError, match=r"num_classes=4 but (the logits have shape|preds have 3 columns)"):
         # the data has 4 classes, the model outputs 3 logits
         make_trainer(tmp_path, [make_callback(tmp_path)]).fit(
             TinyModel(), datamodule=HeldOutSplit(TinyData(counts=(50, 30, 20, 10)))
@@ -230,3 +230,41 @@ def test_mixin_moves_loss_with_module_and_keeps_it_out_of_the_tree():
         warnings.simplefilter("error")
         with pytest.raises(TypeError, match="must be a ParametricCrossEntropy"):
             model.autobalance_loss = nn.CrossEntropyLoss()
+
+
+def test_mixin_logs_validation_and_test_metrics_equal_to_sklearn(tmp_path):
+    from sklearn.metrics import balanced_accuracy_score, recall_score
+
+    from lightning_autobalance import ParametricCrossEntropy
+
+    pl.seed_everything(0, verbose=False)
+    model = TinyModel()
+    model.autobalance_loss = ParametricCrossEntropy(K)
+    data = TinyData()
+    make_trainer(tmp_path, [], max_epochs=2).fit(model, train_dataloaders=data.train_dataloader())
+    loader = DataLoader(data.dataset, batch_size=50)
+    logged = make_trainer(tmp_path, []).test(model, dataloaders=loader, verbose=False)[0]
+    model.eval()
+    with torch.no_grad():
+        preds = model(data.dataset.tensors[0]).argmax(1).numpy()
+    y = data.dataset.tensors[1].numpy()
+    assert set(logged) == {"test/balanced_error", "test/worst_class_error", "test/error"}
+    assert logged["test/balanced_error"] == pytest.approx(1 - balanced_accuracy_score(y, preds), abs=1e-6)
+    assert logged["test/worst_class_error"] == pytest.approx(1 - recall_score(y, preds, average=None).min(), abs=1e-6)
+    assert logged["test/error"] == pytest.approx(float((preds != y).mean()), abs=1e-6)
+
+
+def test_mixin_logs_group_metrics_under_stable_names(tmp_path):
+    from lightning_autobalance import ParametricCrossEntropy
+
+    model = TinyModel()
+    model.autobalance_loss = ParametricCrossEntropy(K, num_groups=2)
+    x, y = TinyData().dataset.tensors
+    groups = (torch.arange(len(y)) % 2).long()
+    loader = DataLoader(TensorDataset(x, y, groups), batch_size=40)
+    logged = make_trainer(tmp_path, []).validate(model, dataloaders=loader, verbose=False)[0]
+    assert set(logged) == {
+        f"val/{name}"
+        for name in ("balanced_error", "worst_class_error", "error", "worst_group_error", "demographic_parity_gap",
+                     "equal_opportunity_gap", "equalized_odds_gap")
+    }  # fmt: skip

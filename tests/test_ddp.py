@@ -67,6 +67,7 @@ def test_two_processes_match_single_process_and_each_other(single, two_processes
     assert any(abs(v) > 0.05 for v in single["alpha"])  # α really moved
     # metrics synced: every rank reports the single-process value on the union
     assert rank0["metrics"] == rank1["metrics"]
+    assert set(single["metrics"]) == {"val/balanced_error", "val/worst_class_error", "val/error"}  # the mixin's
     for key, value in single["metrics"].items():
         assert rank0["metrics"][key] == pytest.approx(value, abs=1e-7)
 

@@ -15,7 +15,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_autobalance import AutoBalance, AutoBalanceMixin, ConjugateGradient, HeldOutSplit
-from lightning_autobalance.metrics import BalancedError, WorstClassError
 
 K = 3
 
@@ -42,20 +41,12 @@ class Model(AutoBalanceMixin, pl.LightningModule):
     def __init__(self):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, K))
-        self.balanced = BalancedError(K)
-        self.worst = WorstClassError(K)
 
     def forward(self, x):
         return self.net(x)
 
     def training_step(self, batch, batch_idx):
         return self.autobalance_step_loss(batch)
-
-    def validation_step(self, batch, batch_idx):
-        logits, y, _ = self.autobalance_forward(batch)
-        self.balanced.update(logits, y)
-        self.worst.update(logits, y)
-        self.log_dict({"val/balanced_error": self.balanced, "val/worst_class_error": self.worst})
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
