@@ -53,7 +53,9 @@ class AutoBalance(Callback):
     hyper-optimizer. At the end of fit the learned loss is written to a YAML file (:func:`load_loss` reads it back).
 
     The datamodule must be a :class:`~lightning_autobalance.data.HeldOutSplit`. The state (α, hyper-optimizer,
-    counters) is saved in checkpoints, so a resumed run continues exactly.
+    counters) is saved in checkpoints, so a resumed run continues exactly. Under DDP every process holds the same α
+    (checked after each hyper-step when ``check_sync``). With ``strategy="ddp_spawn"`` the search runs in spawned
+    processes, so the calling process learns α only through the exported file: read it with :func:`load_loss`.
 
     Args:
         preset: initial loss, one of ``ce``, ``weighted``, ``la``, ``cdt``, ``vs`` (ignored if ``loss`` is given).

@@ -32,7 +32,7 @@ from lightning_autobalance.callback import AutoBalance
 from lightning_autobalance.classifier import ImbalancedClassifier
 from lightning_autobalance.data.split import HeldOutSplit
 from lightning_autobalance.launch import HydraJobDDPStrategy, finish_ddp_job
-from lightning_autobalance.learned_loss import write_text_atomic
+from lightning_autobalance.learned_loss import load_loss, write_text_atomic
 from lightning_autobalance.losses import ParametricCrossEntropy
 from lightning_autobalance.metrics import balanced_error, class_errors, worst_class_error
 
@@ -169,9 +169,9 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
         split = HeldOutSplit(datamodule, fraction=cfg.search.heldout_fraction, seed=cfg.seed, num_classes=num_classes)
         trainer = _trainer(cfg, out, "search", cfg.search.max_epochs, [callback])
         trainer.fit(model, datamodule=split)
-        assert callback.loss is not None
-        # α is identical on every process; rank zero also wrote it to `export`
-        learned = callback.loss.frozen()
+        # α is identical on every process; rank zero also wrote it to `export`. With ddp_spawn the search ran in
+        # child processes, so this process only has the exported file.
+        learned = callback.loss.frozen() if callback.loss is not None else load_loss(export)
         results["AutoBalance (search model)"] = test_report(model, datamodule.test_dataloader(), num_classes)
         heldout = test_report(model, split.heldout_dataloader(), num_classes)
         results["AutoBalance (search model)"]["heldout_balanced_error"] = heldout["balanced_error"]

@@ -6,6 +6,7 @@ Every process writes ``rank{r}.json`` into ``--out``: α after every hyper-step,
 import argparse
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -85,7 +86,7 @@ def main():
         train_batches=4,
         heldout_batches=4,
         batch_size=8,
-        hyper_optimizer=lambda params: torch.optim.SGD(params, lr=0.5, momentum=0.9),
+        hyper_optimizer=partial(torch.optim.SGD, lr=0.5, momentum=0.9),
         solver=ConjugateGradient(iters=4, damping=1.0),
         export_path=Path(args.out) / "loss.yaml",
     )
