@@ -97,20 +97,35 @@ def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], p
     return value
 
 
-def load_loss(path: str | os.PathLike[str], *, learnable: tuple[str, ...] = ()) -> ParametricCrossEntropy:
+def load_loss(
+    path: str | os.PathLike[str],
+    num_classes: int | None = None,
+    num_groups: int | None = None,
+    *,
+    learnable: tuple[str, ...] = (),
+) -> ParametricCrossEntropy:
     """Read a learned loss written by :func:`save_loss`.
+
+    The file records everything that defines the loss: the raw parameters of Δ, ι and ω (shape (G, blocks)), the
+    block of every class, the number of groups and classes, the Δ parameterisation and ``delta_max``, and which kinds
+    were learnable (informative: the loaded loss is frozen unless ``learnable`` says otherwise).
 
     Args:
         path: the YAML file.
+        num_classes: the number of classes K of the model the loss is for; a file for another K is rejected.
+        num_groups: the number of groups G of the data the loss is for; a file for another G is rejected.
         learnable: kinds to make learnable again; by default the loss is frozen (for the retrain phase).
 
     Returns:
         The loss, equal bit for bit to the one saved.
 
     Raises:
-        LearnedLossError: the file is missing, is not valid YAML, is of another format or version, or its entries
-            do not fit together.
+        LearnedLossError: the file is missing, is not valid YAML, is of another format or version, its entries
+            do not fit together, or its shape differs from ``num_classes`` / ``num_groups``.
     """
+    for name, value in (("num_classes", num_classes), ("num_groups", num_groups)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -126,14 +141,21 @@ def load_loss(path: str | os.PathLike[str], *, learnable: tuple[str, ...] = ()) 
             f"{path} has learned-loss format version {version!r}; this lightning-autobalance reads version "
             f"{FORMAT_VERSION}: re-export it with a matching version of the package."
         )
-    num_classes = _require(data, "num_classes", int, path)
-    num_groups = _require(data, "num_groups", int, path)
+    file_classes = _require(data, "num_classes", int, path)
+    file_groups = _require(data, "num_groups", int, path)
+    expected = (file_groups if num_groups is None else num_groups, file_classes if num_classes is None else num_classes)
+    if expected != (file_groups, file_classes):
+        raise LearnedLossError(
+            f"{path} holds a learned loss of shape (num_groups, num_classes) = ({file_groups}, {file_classes}), but "
+            f"this model and data expect {expected}: load the file learned for this data set and model, or re-run "
+            "the search phase on it."
+        )
     blocks = _require(data, "blocks", list, path)
     raw = _require(data, "raw", dict, path)
     try:
         loss = ParametricCrossEntropy(
-            num_classes,
-            num_groups,
+            file_classes,
+            file_groups,
             learnable=learnable,
             blocks=blocks,
             delta_parameterization=_require(data, "delta_parameterization", str, path),
@@ -146,7 +168,7 @@ def load_loss(path: str | os.PathLike[str], *, learnable: tuple[str, ...] = ()) 
                 if values.shape != target.shape:
                     raise LearnedLossError(
                         f"{path}: raw {kind} has shape {tuple(values.shape)}, expected {tuple(target.shape)} for "
-                        f"{num_groups} group(s) and {loss.num_blocks} block(s)."
+                        f"{file_groups} group(s) and {loss.num_blocks} block(s)."
                     )
                 if not torch.isfinite(values).all():
                     raise LearnedLossError(f"{path}: raw {kind} contains non-finite values.")

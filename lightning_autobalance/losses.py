@@ -9,17 +9,20 @@ For a sample ``(x, y, g)`` with logits ``f(x)`` the loss is (PAPERS.md §1)::
 * ``ω`` (omega) — loss weight, kept positive.
 
 Hand-tuned losses of the literature are members of the family and are available as presets
-(:meth:`ParametricCrossEntropy.from_preset`); AutoBalance starts from one of them and tunes the learnable parameters
-by hypergradient descent.
+(:meth:`ParametricCrossEntropy.from_preset`, :func:`make_loss` for Hydra); AutoBalance starts from one of them and
+tunes the learnable parameters by hypergradient descent. Common baselines *outside* the family (LDAM, focal loss) are
+in :mod:`lightning_autobalance.baselines`.
 
 This module is pure PyTorch (no Lightning).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,13 +31,19 @@ __all__ = [
     "HPARAM_KINDS",
     "PRESETS",
     "ParametricCrossEntropy",
+    "check_inputs",
+    "effective_number_weights",
     "frequency_blocks",
+    "make_loss",
     "preset_values",
 ]
 
 HPARAM_KINDS: tuple[str, ...] = ("delta", "iota", "omega")
-PRESETS: tuple[str, ...] = ("ce", "weighted", "la", "cdt", "vs")
+PRESETS: tuple[str, ...] = ("ce", "weighted", "class_balanced", "la", "cdt", "vs", "balanced_softmax")
 DeltaParameterization = Literal["sigmoid", "exp"]
+ExpansionMode = Literal["constant", "linear"]
+
+_Counts = Sequence[float] | Sequence[Sequence[float]] | Tensor
 
 
 def _as_counts(class_counts: Sequence[float] | Tensor, num_classes: int | None = None) -> Tensor:
@@ -52,59 +61,148 @@ def _as_counts(class_counts: Sequence[float] | Tensor, num_classes: int | None =
     return counts
 
 
+def _as_group_counts(group_counts: _Counts) -> Tensor:
+    counts = torch.as_tensor(group_counts, dtype=torch.float64)
+    if counts.dim() != 2 or counts.shape[0] < 1 or counts.shape[1] < 2:
+        raise ValueError(
+            "group_counts must be a (num_groups, num_classes) table of training samples per (group, class) cell, "
+            f"got shape {tuple(counts.shape)}."
+        )
+    if not torch.isfinite(counts).all() or (counts < 0).any():
+        raise ValueError(f"group_counts must be finite and non-negative, got {counts.tolist()}.")
+    return counts
+
+
+def _check_preset_options(preset: str, tau: float, gamma: float, beta: float) -> None:
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown loss preset {preset!r}: choose one of {', '.join(PRESETS)}.")
+    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= 0):
+        raise ValueError(
+            f"tau must be a finite number ≥ 0 (the logit-adjustment strength of 'la' / 'vs'; 1 is the published "
+            f"value, 0 turns the adjustment off), got {tau!r}."
+        )
+    if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(
+            f"gamma must be a finite number ≥ 0 (Δ_y = (n_y / n_max)^γ of 'cdt' / 'vs' shrinks the logits of rare "
+            f"classes; 0 turns it off, 0.3 is VS's default), got {gamma!r}."
+        )
+    if not (isinstance(beta, (int, float)) and 0 <= beta < 1):
+        raise ValueError(
+            f"beta must lie in [0, 1) (the effective-number parameter of 'class_balanced': 0 gives plain "
+            f"cross-entropy, values close to 1 such as 0.9999 approach inverse-frequency weights), got {beta!r}."
+        )
+
+
+def effective_number_weights(counts: Sequence[float] | Tensor, beta: float) -> Tensor:
+    """Unnormalised class-balanced weights (1 − β) / (1 − β^n) of Cui et al. 2019, elementwise in ``counts``.
+
+    ``(1 − β^n) / (1 − β)`` is the *effective number* of ``n`` samples; the weight is its inverse. Computed as
+    ``(1 − β) / −expm1(n · log β)`` in float64, so β close to 1 keeps its precision.
+
+    Args:
+        counts: positive sample counts, any shape.
+        beta: β in [0, 1).
+
+    Returns:
+        Float64 tensor of the shape of ``counts``.
+
+    Example:
+        >>> effective_number_weights([1.0, 2.0], beta=0.5).tolist()
+        [1.0, 0.6666666666666666]
+    """
+    if not (isinstance(beta, (int, float)) and 0 <= beta < 1):
+        raise ValueError(f"beta must lie in [0, 1), got {beta!r}.")
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    if (counts <= 0).any():
+        raise ValueError(f"Class-balanced weights need positive counts, got {counts.tolist()}.")
+    log_beta = torch.log(torch.tensor(float(beta), dtype=torch.float64))  # −inf for β = 0: every weight is 1
+    return (1.0 - beta) / -torch.expm1(counts * log_beta)
+
+
 def preset_values(
     preset: str,
-    class_counts: Sequence[float] | Tensor,
+    class_counts: _Counts,
     *,
     tau: float = 1.0,
     gamma: float = 0.3,
+    beta: float = 0.9999,
 ) -> dict[str, Tensor]:
     """Per-class (Δ, ι, ω) of a named member of the loss family.
 
-    With ``n_y`` the training count of class ``y``, ``π_y = n_y / n`` and ``n_max = max_y n_y``:
+    With ``n_y`` the training count of class ``y``, ``n = Σ_y n_y``, ``π_y = n_y / n`` and ``n_max = max_y n_y``:
 
     * ``ce`` — cross-entropy: Δ = 1, ι = 0, ω = 1.
     * ``weighted`` — weighted cross-entropy with the ratio of priors: ω_y ∝ 1/π_y, normalised so that
       Σ_y π_y ω_y = 1 (the expected weight of a training sample is 1, so the effective learning rate is unchanged).
+    * ``class_balanced`` — class-balanced loss (Cui et al. 2019, "Class-Balanced Loss Based on Effective Number of
+      Samples"): ω_y ∝ (1 − β) / (1 − β^{n_y}), the inverse effective number, normalised like ``weighted``
+      (Σ_y π_y ω_y = 1; Cui et al. normalise to Σ_y ω_y = K, which only rescales the loss). β = 0 gives ``ce``,
+      β → 1 gives ``weighted``. The only preset that depends on the absolute counts, not just their ratios: scaling
+      every count by c leaves it unchanged only together with β → β^{1/c}.
     * ``la`` — logit adjustment (Menon et al. 2021): ι_y = τ · log π_y.
     * ``cdt`` — class-dependent temperatures (Ye et al. 2020): Δ_y = (n_y / n_max)^γ.
     * ``vs`` — vector-scaling loss (Kini et al. 2021): Δ_y = (n_y / n_max)^γ and ι_y = τ · log π_y.
+    * ``balanced_softmax`` — Balanced Softmax (Ren et al. 2020): the softmax of ``f + log n_y``, i.e.
+      ``−log(n_y e^{f_y} / Σ_j n_j e^{f_j})``, so ι_y = log π_y (the constant log n cancels in the softmax). It is
+      the same loss as ``la`` with τ = 1, kept as its own name for the literature; it ignores ``tau``.
+
+    **Group-sensitive presets.** ``class_counts`` may be a (G, K) table of (group, class) counts ``n_{g,y}``: every
+    (group, class) cell is then treated like a class of the formulas above, with the joint prior
+    ``π_{g,y} = n_{g,y} / n`` and ``n_max = max_{g,y} n_{g,y}``. Row ``g`` is the preset for group ``g``; with G = 1
+    it is exactly the class preset. For ι the joint and the conditional prior π_{y|g} give the same loss (they differ
+    by log π_g, constant within a row, which the softmax cancels); weights are normalised over all cells,
+    Σ_{g,y} π_{g,y} ω_{g,y} = 1.
 
     Args:
         preset: one of :data:`PRESETS`.
-        class_counts: training samples per class, shape (K,).
-        tau: logit-adjustment strength τ (``la``, ``vs``).
-        gamma: temperature exponent γ (``cdt``, ``vs``).
+        class_counts: training samples per class, shape (K,), or per (group, class) cell, shape (G, K).
+        tau: logit-adjustment strength τ ≥ 0 (``la``, ``vs``).
+        gamma: temperature exponent γ ≥ 0 (``cdt``, ``vs``).
+        beta: effective-number parameter β in [0, 1) (``class_balanced``).
 
     Returns:
-        ``{"delta": (K,), "iota": (K,), "omega": (K,)}`` float64 tensors.
+        ``{"delta", "iota", "omega"}`` float64 tensors of the shape of ``class_counts``.
 
     Raises:
-        ValueError: unknown preset, or a zero count for a preset that divides by it or takes its logarithm.
+        ValueError: unknown preset, τ / γ negative, β outside [0, 1), or a zero count for a preset that divides by
+            it, takes its logarithm or a power of it (every preset except ``ce``).
 
     Example:
         >>> v = preset_values("la", [90, 10], tau=1.0)
         >>> [round(x, 4) for x in v["iota"].tolist()]
         [-0.1054, -2.3026]
     """
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown loss preset {preset!r}: choose one of {', '.join(PRESETS)}.")
-    counts = _as_counts(class_counts)
-    num_classes = counts.numel()
+    _check_preset_options(preset, tau, gamma, beta)
+    raw = torch.as_tensor(class_counts, dtype=torch.float64)
+    counts = _as_group_counts(raw) if raw.dim() == 2 else _as_counts(raw)
     if preset != "ce" and (counts <= 0).any():
-        empty = [i for i, c in enumerate(counts.tolist()) if c <= 0]
+        if counts.dim() == 1:
+            empty = [i for i, c in enumerate(counts.tolist()) if c <= 0]
+            raise ValueError(
+                f"Preset {preset!r} needs every class to have training samples, but classes {empty} have none: "
+                "drop those classes, use preset='ce', or pass counts measured on the data you train on."
+            )
+        cells = [(g, y) for g, y in torch.nonzero(counts <= 0).tolist()]
         raise ValueError(
-            f"Preset {preset!r} needs every class to have training samples, but classes {empty} have none: "
-            "drop those classes, use preset='ce', or pass counts measured on the data you train on."
+            f"Preset {preset!r} divides by, or takes the logarithm or a power of, each (group, class) count, but the "
+            f"(group, class) cells {cells} are empty: merge or drop the empty groups / classes, initialise from the "
+            "class counts only (group_counts=None repeats the class preset for every group), or use preset='ce'."
         )
+    ones = torch.ones_like(counts)
+    delta, iota, omega = ones.clone(), torch.zeros_like(counts), ones.clone()
+    if preset == "ce":
+        return {"delta": delta, "iota": iota, "omega": omega}
     prior = counts / counts.sum()
-    ones = torch.ones(num_classes, dtype=torch.float64)
-    delta, iota, omega = ones.clone(), torch.zeros(num_classes, dtype=torch.float64), ones.clone()
     if preset == "weighted":
         omega = 1.0 / prior
         omega = omega / (prior * omega).sum()
+    if preset == "class_balanced":
+        omega = effective_number_weights(counts, beta)
+        omega = omega / (prior * omega).sum()
     if preset in ("la", "vs"):
         iota = tau * torch.log(prior)
+    if preset == "balanced_softmax":
+        iota = torch.log(prior)
     if preset in ("cdt", "vs"):
         delta = (counts / counts.max()) ** gamma
     return {"delta": delta, "iota": iota, "omega": omega}
@@ -128,14 +226,84 @@ def frequency_blocks(class_counts: Sequence[float] | Tensor, block_size: int) ->
         >>> frequency_blocks([5, 50, 20, 1], block_size=2).tolist()
         [1, 0, 0, 1]
     """
-    if block_size < 1:
-        raise ValueError(f"block_size must be a positive number of classes, got {block_size}.")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive number of classes, got {block_size!r}.")
     counts = _as_counts(class_counts)
     order = sorted(range(counts.numel()), key=lambda k: (-float(counts[k]), k))
     blocks = torch.empty(counts.numel(), dtype=torch.long)
     for rank, k in enumerate(order):
         blocks[k] = rank // block_size
     return blocks
+
+
+def check_inputs(
+    logits: Tensor, targets: Tensor, groups: Tensor | None, num_classes: int, num_groups: int | None = 1
+) -> None:
+    """Validate a ``(logits, targets, groups)`` call of a loss; raise a :class:`ValueError` that names the fix.
+
+    Args:
+        logits: model outputs, expected shape (N, num_classes).
+        targets: integer class labels, expected shape (N,) with values in [0, num_classes).
+        groups: integer group labels of shape (N,) in [0, num_groups), or ``None``.
+        num_classes: the number of classes the loss was built for.
+        num_groups: the number of groups the loss was built for; ``None`` for losses that ignore groups.
+    """
+    if logits.dim() != 2 or logits.shape[1] != num_classes:
+        raise ValueError(
+            f"The loss was built for num_classes={num_classes} but the logits have shape "
+            f"{tuple(logits.shape)}: make the model output (batch, {num_classes}) logits or build the "
+            f"loss with num_classes={logits.shape[-1] if logits.dim() else '?'}."
+        )
+    if targets.shape != (logits.shape[0],) or targets.is_floating_point():
+        raise ValueError(
+            f"targets must be integer class labels of shape ({logits.shape[0]},), got dtype {targets.dtype} "
+            f"and shape {tuple(targets.shape)}."
+        )
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= num_classes):
+        raise ValueError(
+            f"Labels must lie in [0, {num_classes}), got values in [{int(targets.min())}, "
+            f"{int(targets.max())}]: remap the labels or set num_classes to the number of classes."
+        )
+    if num_groups is None:
+        return
+    if groups is None:
+        if num_groups > 1:
+            raise ValueError(
+                f"This loss has num_groups={num_groups} but no groups were passed: return (x, y, g) "
+                "batches or build the loss with num_groups=1."
+            )
+        return
+    if groups.shape != targets.shape or groups.is_floating_point():
+        raise ValueError(
+            f"groups must be integer labels with the shape of targets {tuple(targets.shape)}, got dtype "
+            f"{groups.dtype} and shape {tuple(groups.shape)}."
+        )
+    if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= num_groups):
+        raise ValueError(
+            f"Group labels must lie in [0, {num_groups}), got values in [{int(groups.min())}, "
+            f"{int(groups.max())}]: build the loss with num_groups={int(groups.max()) + 1}."
+        )
+
+
+def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return per_sample
+    if reduction == "sum":
+        return per_sample.sum()
+    if reduction == "mean":
+        return per_sample.mean()
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
+
+
+def _as_learnable(learnable: Iterable[str] | str) -> tuple[str, ...]:
+    kinds = (learnable,) if isinstance(learnable, str) else tuple(learnable)
+    unknown = sorted(set(kinds) - set(HPARAM_KINDS))
+    if unknown:
+        raise ValueError(
+            f"Unknown learnable kinds {unknown}: choose any subset of {', '.join(HPARAM_KINDS)} "
+            "(e.g. learnable=['delta', 'iota'], the paper's choice), or () for a fixed loss."
+        )
+    return tuple(k for k in HPARAM_KINDS if k in kinds)
 
 
 class ParametricCrossEntropy(nn.Module):
@@ -151,8 +319,9 @@ class ParametricCrossEntropy(nn.Module):
     * ι = raw;
     * ω = ``exp(raw)``.
 
-    The kinds named in ``learnable`` are :class:`~torch.nn.Parameter` s (the hyperparameters α that AutoBalance
-    tunes); the others are buffers. Both are in :meth:`state_dict`, so the loss saves and restores exactly.
+    The kinds named in ``learnable`` (any subset of Δ, ι, ω) are :class:`~torch.nn.Parameter` s (the
+    hyperparameters α that AutoBalance tunes); the others are buffers. Both are in :meth:`state_dict`, so the loss
+    saves and restores exactly.
 
     Args:
         num_classes: number of classes K (the width of the logits).
@@ -160,7 +329,7 @@ class ParametricCrossEntropy(nn.Module):
         delta: initial Δ per class, shape (K,) or (G, K); default 1.
         iota: initial ι per class, shape (K,) or (G, K); default 0.
         omega: initial ω per class, shape (K,) or (G, K); default 1.
-        learnable: which of ``"delta"``, ``"iota"``, ``"omega"`` are hyperparameters.
+        learnable: which of ``"delta"``, ``"iota"``, ``"omega"`` are hyperparameters (a single name is accepted).
         blocks: block index of each class, shape (K,) (see :func:`frequency_blocks`); initial values of classes
             sharing a block are averaged.
         delta_parameterization: ``"sigmoid"`` (bounded) or ``"exp"`` (unbounded positive).
@@ -182,29 +351,28 @@ class ParametricCrossEntropy(nn.Module):
         delta: Sequence[float] | Tensor | None = None,
         iota: Sequence[float] | Tensor | None = None,
         omega: Sequence[float] | Tensor | None = None,
-        learnable: Iterable[str] = (),
+        learnable: Iterable[str] | str = (),
         blocks: Sequence[int] | Tensor | None = None,
         delta_parameterization: DeltaParameterization = "sigmoid",
         delta_max: float = 2.0,
     ) -> None:
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 2:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer ≥ 2, got {num_classes!r}.")
-        if not isinstance(num_groups, int) or num_groups < 1:
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
             raise ValueError(f"num_groups must be an integer ≥ 1, got {num_groups!r}.")
         if delta_parameterization not in ("sigmoid", "exp"):
-            raise ValueError(f"delta_parameterization must be 'sigmoid' or 'exp', got {delta_parameterization!r}.")
-        if not delta_max > 0:
-            raise ValueError(f"delta_max must be positive, got {delta_max}.")
-        learnable = tuple(learnable)
-        unknown = sorted(set(learnable) - set(HPARAM_KINDS))
-        if unknown:
-            raise ValueError(f"Unknown learnable kinds {unknown}: choose from {', '.join(HPARAM_KINDS)}.")
+            raise ValueError(
+                f"delta_parameterization must be 'sigmoid' (Δ = delta_max·sigmoid(raw), bounded) or 'exp' "
+                f"(Δ = exp(raw), unbounded), got {delta_parameterization!r}."
+            )
+        if not (isinstance(delta_max, (int, float)) and math.isfinite(delta_max) and delta_max > 0):
+            raise ValueError(f"delta_max must be a finite positive number, got {delta_max!r}.")
         self.num_classes = num_classes
         self.num_groups = num_groups
         self.delta_parameterization: DeltaParameterization = delta_parameterization
         self.delta_max = float(delta_max)
-        self.learnable = tuple(k for k in HPARAM_KINDS if k in learnable)
+        self.learnable = _as_learnable(learnable)
 
         block_index = torch.arange(num_classes) if blocks is None else torch.as_tensor(blocks, dtype=torch.long)
         if block_index.shape != (num_classes,):
@@ -232,26 +400,37 @@ class ParametricCrossEntropy(nn.Module):
     def from_preset(
         cls,
         preset: str,
-        class_counts: Sequence[float] | Tensor,
+        class_counts: Sequence[float] | Tensor | None = None,
         *,
+        group_counts: Sequence[Sequence[float]] | Tensor | None = None,
         tau: float = 1.0,
         gamma: float = 0.3,
-        num_groups: int = 1,
-        learnable: Iterable[str] = (),
+        beta: float = 0.9999,
+        num_groups: int | None = None,
+        learnable: Iterable[str] | str = (),
         block_size: int = 1,
         delta_parameterization: DeltaParameterization = "sigmoid",
         delta_max: float = 2.0,
     ) -> ParametricCrossEntropy:
-        """Build the loss initialised at a named preset (see :func:`preset_values`).
+        """Build the loss initialised at a named preset (see :func:`preset_values` for every formula).
+
+        Without ``group_counts`` the class preset is repeated for each of the ``num_groups`` groups. With
+        ``group_counts`` (a (G, K) table) each group's row is the preset computed on the (group, class) cells with
+        the joint prior π_{g,y} = n_{g,y} / n (see :func:`preset_values`); with G = 1 this is the class preset.
 
         Args:
-            preset: ``ce``, ``weighted``, ``la``, ``cdt`` or ``vs``.
-            class_counts: training samples per class, shape (K,).
-            tau: logit-adjustment strength τ.
-            gamma: CDT / VS exponent γ.
-            num_groups: number of groups G (the preset values are repeated for every group).
+            preset: one of :data:`PRESETS` (``ce``, ``weighted``, ``class_balanced``, ``la``, ``cdt``, ``vs``,
+                ``balanced_softmax``).
+            class_counts: training samples per class, shape (K,); may be omitted when ``group_counts`` is given
+                (it is then ``group_counts.sum(0)``), and must equal that sum when both are given.
+            group_counts: training samples per (group, class), shape (G, K), for group-sensitive initialisation.
+            tau: logit-adjustment strength τ ≥ 0.
+            gamma: CDT / VS exponent γ ≥ 0.
+            beta: class-balanced β in [0, 1).
+            num_groups: number of groups G; default 1, or G of ``group_counts`` (which it must then equal).
             learnable: which kinds AutoBalance tunes.
-            block_size: classes per frequency block sharing one parameter (1 = per class).
+            block_size: classes per frequency block sharing one parameter (1 = per class); blocks follow the class
+                counts (summed over groups).
             delta_parameterization: ``"sigmoid"`` or ``"exp"``.
             delta_max: bound of Δ with the sigmoid parameterisation.
 
@@ -262,9 +441,39 @@ class ParametricCrossEntropy(nn.Module):
             >>> loss_fn = ParametricCrossEntropy.from_preset("vs", [100, 10], learnable=["delta", "iota"])
             >>> [round(x, 3) for x in loss_fn.delta()[0].tolist()]
             [1.0, 0.501]
+            >>> loss_fn = ParametricCrossEntropy.from_preset("la", group_counts=[[80, 5], [10, 5]])
+            >>> [[round(x, 3) for x in row] for row in loss_fn.iota().tolist()]
+            [[-0.223, -2.996], [-2.303, -2.996]]
         """
-        counts = _as_counts(class_counts)
-        values = preset_values(preset, counts, tau=tau, gamma=gamma)
+        _check_preset_options(preset, tau, gamma, beta)
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise ValueError(f"block_size must be a positive number of classes, got {block_size!r}.")
+        if group_counts is None:
+            if class_counts is None:
+                raise ValueError(
+                    f"Preset {preset!r} needs the training counts: pass class_counts (K,) or group_counts (G, K)."
+                )
+            counts = _as_counts(class_counts)
+            cells = counts
+            groups = 1 if num_groups is None else num_groups
+        else:
+            cells = _as_group_counts(group_counts)
+            totals = cells.sum(0)
+            if class_counts is not None:
+                counts = _as_counts(class_counts)
+                if counts.shape != totals.shape or not torch.allclose(counts, totals, rtol=1e-9, atol=0):
+                    raise ValueError(
+                        f"class_counts {counts.tolist()} differ from the class totals of group_counts "
+                        f"{totals.tolist()}: pass counts of the same data, or only group_counts."
+                    )
+            counts = totals
+            groups = cells.shape[0]
+            if num_groups is not None and num_groups != groups:
+                raise ValueError(
+                    f"num_groups={num_groups} but group_counts has {groups} rows (one per group): pass a "
+                    f"({num_groups}, K) group_counts table or drop num_groups."
+                )
+        values = preset_values(preset, cells, tau=tau, gamma=gamma, beta=beta)
         blocks = frequency_blocks(counts, block_size) if block_size > 1 else None
         if delta_parameterization == "sigmoid" and bool((values["delta"] >= delta_max).any()):
             raise ValueError(
@@ -273,7 +482,7 @@ class ParametricCrossEntropy(nn.Module):
             )
         return cls(
             counts.numel(),
-            num_groups,
+            groups,
             learnable=learnable,
             blocks=blocks,
             delta_parameterization=delta_parameterization,
@@ -315,6 +524,13 @@ class ParametricCrossEntropy(nn.Module):
             raw = torch.logit(values / self.delta_max)
         return raw.to(torch.get_default_dtype()).contiguous()
 
+    def _from_raw(self, kind: str, raw: Tensor) -> Tensor:
+        if kind == "iota":
+            return raw
+        if kind == "omega" or self.delta_parameterization == "exp":
+            return torch.exp(raw)
+        return self.delta_max * torch.sigmoid(raw)
+
     # ------------------------------------------------------------------ values
     def hparams(self) -> dict[str, nn.Parameter]:
         """The learnable raw parameters by name (``raw_delta``, ``raw_iota``, ``raw_omega``), i.e. α."""
@@ -322,18 +538,15 @@ class ParametricCrossEntropy(nn.Module):
 
     def delta(self) -> Tensor:
         """Per (group, class) logit scale Δ, shape (G, K)."""
-        raw = self.raw_delta[:, self.block_index]
-        if self.delta_parameterization == "exp":
-            return torch.exp(raw)
-        return self.delta_max * torch.sigmoid(raw)
+        return self._from_raw("delta", self.raw_delta[:, self.block_index])
 
     def iota(self) -> Tensor:
         """Per (group, class) logit shift ι, shape (G, K)."""
-        return self.raw_iota[:, self.block_index]
+        return self._from_raw("iota", self.raw_iota[:, self.block_index])
 
     def omega(self) -> Tensor:
         """Per (group, class) loss weight ω, shape (G, K)."""
-        return torch.exp(self.raw_omega[:, self.block_index])
+        return self._from_raw("omega", self.raw_omega[:, self.block_index])
 
     def adjusted_logits(self, logits: Tensor, groups: Tensor | None = None) -> Tensor:
         """Return ``Δ[g] ⊙ logits + ι[g]`` for each row (the logits the softmax of the loss sees)."""
@@ -362,52 +575,15 @@ class ParametricCrossEntropy(nn.Module):
             The reduced loss, or per-sample losses of shape (N,) for ``reduction="none"``.
         """
         self._check_inputs(logits, targets, groups)
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
         adjusted = self.adjusted_logits(logits, groups)
         per_sample = F.cross_entropy(adjusted, targets, reduction="none")
         weights = self.omega()[0 if groups is None else groups, targets]
-        per_sample = weights * per_sample
-        if reduction == "none":
-            return per_sample
-        if reduction == "sum":
-            return per_sample.sum()
-        if reduction == "mean":
-            return per_sample.mean()
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
+        return _reduce(weights * per_sample, reduction)
 
     def _check_inputs(self, logits: Tensor, targets: Tensor, groups: Tensor | None) -> None:
-        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(
-                f"The loss was built for num_classes={self.num_classes} but the logits have shape "
-                f"{tuple(logits.shape)}: make the model output (batch, {self.num_classes}) logits or build the "
-                f"loss with num_classes={logits.shape[-1] if logits.dim() else '?'}."
-            )
-        if targets.shape != (logits.shape[0],) or targets.is_floating_point():
-            raise ValueError(
-                f"targets must be integer class labels of shape ({logits.shape[0]},), got dtype {targets.dtype} "
-                f"and shape {tuple(targets.shape)}."
-            )
-        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= self.num_classes):
-            raise ValueError(
-                f"Labels must lie in [0, {self.num_classes}), got values in [{int(targets.min())}, "
-                f"{int(targets.max())}]: remap the labels or set num_classes to the number of classes."
-            )
-        if groups is None:
-            if self.num_groups > 1:
-                raise ValueError(
-                    f"This loss has num_groups={self.num_groups} but no groups were passed: return (x, y, g) "
-                    "batches or build the loss with num_groups=1."
-                )
-            return
-        if groups.shape != targets.shape or groups.is_floating_point():
-            raise ValueError(
-                f"groups must be integer labels with the shape of targets {tuple(targets.shape)}, got dtype "
-                f"{groups.dtype} and shape {tuple(groups.shape)}."
-            )
-        if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= self.num_groups):
-            raise ValueError(
-                f"Group labels must lie in [0, {self.num_groups}), got values in [{int(groups.min())}, "
-                f"{int(groups.max())}]: build the loss with num_groups={int(groups.max()) + 1}."
-            )
+        check_inputs(logits, targets, groups, self.num_classes, self.num_groups)
 
     def extra_repr(self) -> str:
         """Summary shown by ``print(module)``."""
@@ -416,18 +592,151 @@ class ParametricCrossEntropy(nn.Module):
             f"learnable={list(self.learnable)}, delta={self.delta_parameterization}"
         )
 
-    # ------------------------------------------------------------------ freezing
-    def frozen(self) -> ParametricCrossEntropy:
-        """Return a copy with the same values and nothing learnable (for the retrain phase)."""
-        copy = ParametricCrossEntropy(
+    # ------------------------------------------------------------------ copies
+    def _empty_copy(self, learnable: Iterable[str] | str, blocks: Tensor | None) -> ParametricCrossEntropy:
+        return ParametricCrossEntropy(
             self.num_classes,
             self.num_groups,
-            learnable=(),
-            blocks=self.block_index.cpu(),
+            learnable=learnable,
+            blocks=blocks,
             delta_parameterization=self.delta_parameterization,
             delta_max=self.delta_max,
         )
+
+    def frozen(self) -> ParametricCrossEntropy:
+        """Return a copy with the same values and nothing learnable (for the retrain phase)."""
+        copy = self._empty_copy((), self.block_index.cpu())
         with torch.no_grad():
             for kind in HPARAM_KINDS:
                 getattr(copy, f"raw_{kind}").copy_(getattr(self, f"raw_{kind}").detach().cpu())
         return copy.to(self.raw_iota.device)
+
+    def expanded(
+        self,
+        mode: ExpansionMode = "constant",
+        class_counts: Sequence[float] | Tensor | None = None,
+        *,
+        learnable: Iterable[str] | str | None = None,
+    ) -> ParametricCrossEntropy:
+        """Return a copy with one parameter per class (no shared blocks), e.g. to retrain or fine-tune per class.
+
+        * ``mode="constant"`` — piecewise constant: every class takes its block's raw value, so the forward pass is
+          bit for bit the same as this loss's.
+        * ``mode="linear"`` — linear interpolation across the classes sorted by decreasing frequency: each block's
+          value (Δ, ι, ω themselves, not their raw parameters) is placed at the mean frequency rank of its classes,
+          classes in between are linearly interpolated (``np.interp``) and classes beyond the first / last block's
+          anchor keep that block's value. Every group row is interpolated separately. Interpolated Δ and ω stay
+          positive and below ``delta_max`` (convex combinations); the values are exact at anchors up to rounding.
+
+        The frequency order is that of ``class_counts`` (decreasing count, ties by class index, as in
+        :func:`frequency_blocks`); without counts it is the block order (block index, then class index). Linear
+        mode needs every block to be a run of consecutive classes in that order — true for blocks made by
+        :func:`frequency_blocks` from the same counts.
+
+        Args:
+            mode: ``"constant"`` or ``"linear"``.
+            class_counts: training samples per class, shape (K,), to sort classes by frequency (linear mode).
+            learnable: kinds learnable in the copy; default: the same as this loss.
+
+        Returns:
+            A new :class:`ParametricCrossEntropy` with ``blocks = arange(K)``, on this loss's device.
+
+        Example:
+            >>> coarse = ParametricCrossEntropy(4, iota=[0.0, 0.0, 4.0, 4.0], blocks=[0, 0, 1, 1])
+            >>> coarse.expanded("linear").iota()[0].tolist()
+            [0.0, 1.0, 3.0, 4.0]
+        """
+        if mode not in ("constant", "linear"):
+            raise ValueError(
+                f"Unknown expansion mode {mode!r}: use 'constant' (each class takes its block's value, same loss) "
+                "or 'linear' (interpolated across classes sorted by frequency)."
+            )
+        copy = self._empty_copy(self.learnable if learnable is None else learnable, None)
+        block_index = self.block_index.cpu()
+        with torch.no_grad():
+            if mode == "constant":
+                for kind in HPARAM_KINDS:
+                    raw = getattr(self, f"raw_{kind}").detach().cpu()
+                    getattr(copy, f"raw_{kind}").copy_(raw[:, block_index])
+                return copy.to(self.raw_iota.device)
+            rank = self._frequency_ranks(class_counts)
+            sizes = torch.bincount(block_index, minlength=self.num_blocks)
+            lowest = torch.full((self.num_blocks,), self.num_classes, dtype=torch.long).scatter_reduce(
+                0, block_index, rank, reduce="amin"
+            )
+            highest = torch.zeros(self.num_blocks, dtype=torch.long).scatter_reduce(0, block_index, rank, reduce="amax")
+            if bool((highest - lowest + 1 != sizes).any()):
+                raise ValueError(
+                    "Linear expansion needs every block to hold consecutive classes in frequency order, but the "
+                    f"blocks {block_index.tolist()} interleave under that order: pass the class_counts the blocks "
+                    "were made from (frequency_blocks), or use mode='constant'."
+                )
+            anchors = (lowest + highest).double() / 2  # mean rank of a run of consecutive ranks
+            order = torch.argsort(anchors)
+            xp = anchors[order].numpy()
+            x = rank.double().numpy()
+            for kind in HPARAM_KINDS:
+                block_values = self._from_raw(kind, getattr(self, f"raw_{kind}").detach().cpu().double())
+                rows = [np.interp(x, xp, row[order].numpy()) for row in block_values]
+                values = torch.from_numpy(np.stack(rows))
+                if kind == "delta" and self.delta_parameterization == "sigmoid":
+                    values = values.clamp(max=self.delta_max * (1 - 1e-7))  # keep logit finite after rounding
+                getattr(copy, f"raw_{kind}").copy_(copy._to_raw(kind, values))
+        return copy.to(self.raw_iota.device)
+
+    def _frequency_ranks(self, class_counts: Sequence[float] | Tensor | None) -> Tensor:
+        if class_counts is None:
+            keys = [(int(b), k) for k, b in enumerate(self.block_index.tolist())]
+        else:
+            counts = _as_counts(class_counts, self.num_classes)
+            keys = [(-float(counts[k]), k) for k in range(self.num_classes)]
+        order = sorted(range(self.num_classes), key=lambda k: keys[k])
+        rank = torch.empty(self.num_classes, dtype=torch.long)
+        rank[torch.tensor(order)] = torch.arange(self.num_classes)
+        return rank
+
+
+def make_loss(
+    preset: str = "ce",
+    class_counts: Sequence[float] | Tensor | None = None,
+    group_counts: Sequence[Sequence[float]] | Tensor | None = None,
+    **options: object,
+) -> ParametricCrossEntropy:
+    """Factory of preset losses for Hydra configs (``conf/loss/<preset>.yaml``).
+
+    The configs set ``_partial_: true`` and the preset options; the training counts are only known after the data
+    is set up, so the caller completes the partial with them::
+
+        loss = hydra.utils.instantiate(cfg.loss)(class_counts=dm.class_counts, group_counts=None)
+
+    Args:
+        preset: one of :data:`PRESETS`.
+        class_counts: training samples per class, shape (K,).
+        group_counts: training samples per (group, class), shape (G, K), or ``None``.
+        **options: keyword arguments of :meth:`ParametricCrossEntropy.from_preset` (``tau``, ``gamma``, ``beta``,
+            ``learnable``, ``block_size``, ``delta_parameterization``, ``delta_max``, ``num_groups``).
+
+    Returns:
+        The preset loss.
+
+    Example:
+        >>> loss_fn = make_loss("balanced_softmax", class_counts=[90, 10])
+        >>> [round(x, 4) for x in loss_fn.iota()[0].tolist()]
+        [-0.1054, -2.3026]
+    """
+    options = {key: _plain(value) for key, value in options.items()}
+    return ParametricCrossEntropy.from_preset(
+        preset,
+        _plain(class_counts),  # type: ignore[arg-type]
+        group_counts=_plain(group_counts),  # type: ignore[arg-type]
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def _plain(value: object) -> object:
+    """Turn config containers (e.g. OmegaConf ``ListConfig``) into plain lists; leave tensors and scalars alone."""
+    if value is None or isinstance(value, (str, bytes, Tensor, np.ndarray, int, float)):
+        return value
+    if isinstance(value, Iterable):
+        return [_plain(item) for item in value]
+    return value

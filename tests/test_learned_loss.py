@@ -389,3 +389,85 @@ def test_successful_save_replaces_the_file(tmp_path):
     assert load_loss(path).delta()[0].tolist() == pytest.approx([1.0, 0.5], rel=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["loss.yaml"]
     assert learned_loss.FORMAT_VERSION == 1
+
+
+# ---------------------------------------------------------------------------------------------- extended family
+
+GROUP_COUNTS = [[300, 70, 40, 5, 3], [200, 50, 20, 20, 5]]  # class totals = COUNTS
+
+
+def _extended_losses():
+    yield "class_balanced", ParametricCrossEntropy.from_preset("class_balanced", COUNTS, beta=0.99, learnable=ALL)
+    yield "balanced_softmax", ParametricCrossEntropy.from_preset("balanced_softmax", COUNTS, learnable=("iota",))
+    yield (
+        "vs-group-counts-exp",
+        ParametricCrossEntropy.from_preset(
+            "vs", group_counts=GROUP_COUNTS, delta_parameterization="exp", learnable=("delta", "omega")
+        ),
+    )
+    yield (
+        "weighted-group-counts-blocks",
+        ParametricCrossEntropy.from_preset("weighted", COUNTS, group_counts=GROUP_COUNTS, block_size=2, learnable=ALL),
+    )
+    coarse = _perturb(ParametricCrossEntropy.from_preset("vs", COUNTS, block_size=2, learnable=ALL, num_groups=2), 9)
+    yield "expanded-constant", coarse.expanded("constant")
+    yield "expanded-linear", coarse.expanded("linear", COUNTS, learnable=("iota",))
+
+
+@pytest.mark.parametrize("name,loss", list(_extended_losses()), ids=lambda v: v if isinstance(v, str) else "")
+def test_round_trip_of_extended_family_is_bit_exact(tmp_path, name, loss):
+    path = tmp_path / f"{name}.yaml"
+    _perturb(loss, seed=len(name))
+    save_loss(loss, path)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert data["version"] == 1
+    assert data["learnable"] == list(loss.learnable)
+    assert data["num_groups"] == loss.num_groups and data["blocks"] == loss.block_index.tolist()
+    assert data["delta_parameterization"] == loss.delta_parameterization and data["delta_max"] == loss.delta_max
+    loaded = load_loss(path, num_classes=5, num_groups=loss.num_groups, learnable=loss.learnable)
+    assert loaded.learnable == loss.learnable
+    for kind in KINDS:
+        assert torch.equal(_raw(loaded, kind).detach(), _raw(loss, kind).detach()), kind
+    gen = torch.Generator().manual_seed(1)
+    logits, targets = torch.randn(20, 5, generator=gen) * 3, torch.randint(0, 5, (20,), generator=gen)
+    groups = torch.randint(0, loss.num_groups, (20,), generator=gen) if loss.num_groups > 1 else None
+    with torch.no_grad():
+        assert torch.equal(loaded(logits, targets, groups, "none"), loss(logits, targets, groups, "none"))
+
+
+def test_file_for_five_classes_rejected_where_ten_are_expected(tmp_path):
+    path = tmp_path / "k5.yaml"
+    save_loss(ParametricCrossEntropy.from_preset("la", COUNTS), path)
+    with pytest.raises(
+        LearnedLossError,
+        match=r"k5\.yaml holds a learned loss of shape \(num_groups, num_classes\) = \(1, 5\), but this model and "
+        r"data expect \(1, 10\): load the file learned for this data set",
+    ):
+        load_loss(path, num_classes=10)
+    with pytest.raises(LearnedLossError, match=r"= \(1, 5\), but this model and data expect \(3, 5\)"):
+        load_loss(path, num_groups=3)
+    with pytest.raises(LearnedLossError, match=r"= \(1, 5\), but this model and data expect \(2, 10\)"):
+        load_loss(path, 10, 2)
+    assert load_loss(path, num_classes=5, num_groups=1).num_classes == 5
+    with pytest.raises(ValueError, match="num_classes must be a positive integer or None, got 0"):
+        load_loss(path, num_classes=0)
+
+
+def test_version_one_files_of_the_original_presets_still_load(tmp_path):
+    # a version-1 file as the first release wrote it (no new keys): the format is unchanged
+    path = _write_yaml(
+        tmp_path / "v1.yaml",
+        {
+            "format": "lightning-autobalance/learned-loss",
+            "version": 1,
+            "num_classes": 2,
+            "num_groups": 1,
+            "delta_parameterization": "sigmoid",
+            "delta_max": 2.0,
+            "learnable": ["iota"],
+            "blocks": [0, 1],
+            "raw": {"delta": [[0.0, 0.0]], "iota": [[-0.5, -1.5]], "omega": [[0.0, 0.0]]},
+        },
+    )
+    loaded = load_loss(path, num_classes=2)
+    assert loaded.iota().tolist() == [[-0.5, -1.5]]
