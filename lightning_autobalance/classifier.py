@@ -26,6 +26,7 @@ class ImbalancedClassifier(AutoBalanceMixin, pl.LightningModule):
         lr: initial learning rate.
         momentum: SGD momentum.
         weight_decay: L2 penalty of the weights.
+        num_groups: number of groups G of ``(x, y, g)`` batches (the initial loss is plain CE for every group).
 
     Example:
         >>> from lightning_autobalance.models import MNIST1DConvNet
@@ -35,12 +36,18 @@ class ImbalancedClassifier(AutoBalanceMixin, pl.LightningModule):
     """
 
     def __init__(
-        self, net: nn.Module, num_classes: int, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4
+        self,
+        net: nn.Module,
+        num_classes: int,
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        num_groups: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
-        self.autobalance_loss = ParametricCrossEntropy(num_classes)
+        self.autobalance_loss = ParametricCrossEntropy(num_classes, num_groups)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

@@ -34,7 +34,14 @@ from lightning_autobalance.data.split import HeldOutSplit
 from lightning_autobalance.launch import HydraJobDDPStrategy, finish_ddp_job
 from lightning_autobalance.learned_loss import load_loss, write_text_atomic
 from lightning_autobalance.losses import ParametricCrossEntropy
-from lightning_autobalance.metrics import balanced_error, class_errors, worst_class_error
+from lightning_autobalance.metrics import (
+    balanced_error,
+    class_errors,
+    equal_opportunity_gap,
+    error,
+    worst_class_error,
+    worst_group_error,
+)
 
 __all__ = ["main", "run"]
 
@@ -42,26 +49,36 @@ PHASES = ("ce", "search", "retrain")
 
 
 @torch.no_grad()
-def predict_labels(model: pl.LightningModule, loader: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted and true labels of every batch of ``loader`` (model in eval mode)."""
+def predict_labels(model: pl.LightningModule, loader: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Predicted labels, true labels and groups (or ``None``) of every batch of ``loader`` (model in eval mode)."""
     model.eval()
-    preds, targets = [], []
+    preds, targets, groups = [], [], []
     for batch in loader:
-        logits, y, _ = model.autobalance_forward(batch)
+        logits, y, g = model.autobalance_forward(batch)
         preds.append(logits.argmax(1))
         targets.append(y)
-    return torch.cat(preds), torch.cat(targets)
+        if g is not None:
+            groups.append(g)
+    return torch.cat(preds), torch.cat(targets), torch.cat(groups) if groups else None
 
 
-def test_report(model: pl.LightningModule, loader: Any, num_classes: int) -> dict[str, Any]:
-    """Balanced, worst-class and overall error, and the per-class errors, on ``loader``."""
-    preds, targets = predict_labels(model, loader)
-    return {
-        "balanced_error": float(balanced_error(preds, targets, num_classes=num_classes)),
-        "worst_class_error": float(worst_class_error(preds, targets, num_classes=num_classes)),
-        "error": float((preds != targets).float().mean()),
-        "class_errors": class_errors(preds, targets, num_classes=num_classes).tolist(),
+def test_report(model: pl.LightningModule, loader: Any, num_classes: int, num_groups: int = 1) -> dict[str, Any]:
+    """Balanced, worst-class and overall error and the per-class errors on ``loader``.
+
+    With groups also the worst-(class, group) error and the equal-opportunity gap.
+    """
+    preds, targets, groups = predict_labels(model, loader)
+    sizes = {"num_classes": num_classes, "num_groups": num_groups if groups is not None else 1}
+    report: dict[str, Any] = {
+        "balanced_error": float(balanced_error(preds, targets, groups, **sizes)),
+        "worst_class_error": float(worst_class_error(preds, targets, groups, **sizes)),
+        "error": float(error(preds, targets, groups, **sizes)),
+        "class_errors": class_errors(preds, targets, groups, **sizes).tolist(),
     }
+    if groups is not None and num_groups > 1:
+        report["worst_group_error"] = float(worst_group_error(preds, targets, groups, **sizes))
+        report["equal_opportunity_gap"] = float(equal_opportunity_gap(preds, targets, groups, **sizes))
+    return report
 
 
 def _trainer(cfg: DictConfig, out: Path, phase: str, max_epochs: int, callbacks: list[Any] | None = None) -> pl.Trainer:
@@ -77,16 +94,26 @@ def _trainer(cfg: DictConfig, out: Path, phase: str, max_epochs: int, callbacks:
     )
 
 
-def _model(cfg: DictConfig, num_classes: int) -> ImbalancedClassifier:
-    return ImbalancedClassifier(instantiate(cfg.model), num_classes=num_classes, **cfg.optimizer)
+def _model(cfg: DictConfig, num_classes: int, num_groups: int) -> ImbalancedClassifier:
+    net = instantiate(cfg.model, num_classes=num_classes)
+    return ImbalancedClassifier(net, num_classes=num_classes, num_groups=num_groups, **cfg.optimizer)
+
+
+COLUMNS = {
+    "balanced_error": "balanced error %",
+    "worst_class_error": "worst-class error %",
+    "error": "error %",
+    "worst_group_error": "worst-group error %",
+    "equal_opportunity_gap": "equal-opportunity gap %",
+}
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     """Markdown table of the test errors (in %) of each trained model."""
-    lines = ["| loss | balanced error % | worst-class error % | error % |", "|---|---:|---:|---:|"]
+    keys = [k for k in COLUMNS if all(k in r for r in results.values())]
+    lines = ["| loss | " + " | ".join(COLUMNS[k] for k in keys) + " |", "|---|" + "---:|" * len(keys)]
     for name, r in results.items():
-        errors = (100 * r[key] for key in ("balanced_error", "worst_class_error", "error"))
-        lines.append(f"| {name} | " + " | ".join(f"{e:.2f}" for e in errors) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{100 * r[k]:.2f}" for k in keys) + " |")
     return "\n".join(lines)
 
 
@@ -149,6 +176,7 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     num_classes = int(datamodule.num_classes)
+    num_groups = int(getattr(datamodule, "num_groups", 1))
     counts = datamodule.class_counts.tolist()
     results: dict[str, dict[str, Any]] = {}
     learned: ParametricCrossEntropy | None = None
@@ -156,33 +184,37 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
     if "ce" in phases:
         pl.seed_everything(cfg.seed, workers=True)
-        model = _model(cfg, num_classes)
+        model = _model(cfg, num_classes, num_groups)
         trainer = _trainer(cfg, out, "ce", cfg.train.max_epochs)
         trainer.fit(model, datamodule=datamodule)
-        results["CE"] = test_report(model, datamodule.test_dataloader(), num_classes)
+        results["CE"] = test_report(model, datamodule.test_dataloader(), num_classes, num_groups)
 
     if "search" in phases:
         pl.seed_everything(cfg.seed, workers=True)
         export = out / "autobalance_loss.yaml"
-        callback: AutoBalance = instantiate(cfg.autobalance, export_path=str(export))
-        model = _model(cfg, num_classes)
+        callback: AutoBalance = instantiate(
+            cfg.autobalance, export_path=str(export), objective=instantiate(cfg.objective)
+        )
+        model = _model(cfg, num_classes, num_groups)
         split = HeldOutSplit(datamodule, fraction=cfg.search.heldout_fraction, seed=cfg.seed, num_classes=num_classes)
         trainer = _trainer(cfg, out, "search", cfg.search.max_epochs, [callback])
         trainer.fit(model, datamodule=split)
         # α is identical on every process; rank zero also wrote it to `export`. With ddp_spawn the search ran in
         # child processes, so this process only has the exported file.
         learned = callback.loss.frozen() if callback.loss is not None else load_loss(export)
-        results["AutoBalance (search model)"] = test_report(model, datamodule.test_dataloader(), num_classes)
-        heldout = test_report(model, split.heldout_dataloader(), num_classes)
+        results["AutoBalance (search model)"] = test_report(
+            model, datamodule.test_dataloader(), num_classes, num_groups
+        )
+        heldout = test_report(model, split.heldout_dataloader(), num_classes, num_groups)
         results["AutoBalance (search model)"]["heldout_balanced_error"] = heldout["balanced_error"]
 
     if "retrain" in phases and learned is not None:
         pl.seed_everything(cfg.seed, workers=True)
-        model = _model(cfg, num_classes)
+        model = _model(cfg, num_classes, num_groups)
         model.autobalance_loss = learned
         trainer = _trainer(cfg, out, "retrain", cfg.train.max_epochs)
         trainer.fit(model, datamodule=datamodule)
-        results["AutoBalance"] = test_report(model, datamodule.test_dataloader(), num_classes)
+        results["AutoBalance"] = test_report(model, datamodule.test_dataloader(), num_classes, num_groups)
 
     if trainer is not None and not trainer.is_global_zero:
         return results  # a DDP worker: rank zero reports

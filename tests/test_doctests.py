@@ -7,6 +7,8 @@ import pytest
 
 MODULES = [
     "lightning_autobalance.losses",
+    "lightning_autobalance.baselines",
+    "lightning_autobalance.last_layer",
     "lightning_autobalance.hypergrad",
     "lightning_autobalance.learned_loss",
     "lightning_autobalance.objectives",
@@ -18,6 +20,9 @@ MODULES = [
     "lightning_autobalance.data.profiles",
     "lightning_autobalance.data.labels",
     "lightning_autobalance.data.split",
+    "lightning_autobalance.data.spurious",
+    "lightning_autobalance.data.waterbirds",
+    "lightning_autobalance.data.celeba",
 ]
 
 

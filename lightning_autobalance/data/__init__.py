@@ -4,10 +4,13 @@ from lightning_autobalance.data.labels import dataset_labels
 from lightning_autobalance.data.mnist1d_lt import MNIST1DLongTail
 from lightning_autobalance.data.profiles import long_tail_counts
 from lightning_autobalance.data.split import HeldOutSplit, stratified_split
+from lightning_autobalance.data.spurious import GroupTensorDataset, SpuriousMNIST1D
 
 __all__ = [
+    "GroupTensorDataset",
     "HeldOutSplit",
     "MNIST1DLongTail",
+    "SpuriousMNIST1D",
     "dataset_labels",
     "long_tail_counts",
     "stratified_split",
