@@ -5,27 +5,42 @@ The public API: :class:`AutoBalanceMixin` and :class:`AutoBalance` (the Lightnin
 (:func:`save_loss`, :func:`load_loss`).
 """
 
+from lightning_autobalance.baselines import BASELINES, FocalLoss, LDAMLoss, make_baseline
 from lightning_autobalance.callback import AutoBalance
 from lightning_autobalance.data import HeldOutSplit, MNIST1DLongTail, long_tail_counts
 from lightning_autobalance.hypergrad import ConjugateGradient, Neumann, hypergradient
+from lightning_autobalance.last_layer import LastLayerRetraining, extract_features, retrain_last_layer
 from lightning_autobalance.learned_loss import LearnedLossError, load_loss, save_loss
-from lightning_autobalance.losses import PRESETS, ParametricCrossEntropy, preset_values
+from lightning_autobalance.losses import PRESETS, ParametricCrossEntropy, make_loss, preset_values
 from lightning_autobalance.mixin import AutoBalanceMixin
+from lightning_autobalance.objectives import Blend, EqualizedOddsGap, EqualOpportunityGap, WorstGroup
 
 __all__ = [
+    "BASELINES",
     "PRESETS",
     "AutoBalance",
     "AutoBalanceMixin",
+    "Blend",
     "ConjugateGradient",
+    "EqualOpportunityGap",
+    "EqualizedOddsGap",
+    "FocalLoss",
     "HeldOutSplit",
+    "LDAMLoss",
+    "LastLayerRetraining",
     "LearnedLossError",
     "MNIST1DLongTail",
     "Neumann",
     "ParametricCrossEntropy",
+    "WorstGroup",
+    "extract_features",
     "hypergradient",
     "load_loss",
     "long_tail_counts",
+    "make_baseline",
+    "make_loss",
     "preset_values",
+    "retrain_last_layer",
     "save_loss",
 ]
 

@@ -52,6 +52,19 @@ class ImbalancedClassifier(AutoBalanceMixin, pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def autobalance_features(self, x: Tensor) -> Tensor:
+        """Penultimate features, when the network exposes ``features(x)`` (the last-layer protocol)."""
+        if not hasattr(self.net, "features"):
+            raise AttributeError(f"{type(self.net).__name__} has no features(x): pass feature_fn= explicitly.")
+        return self.net.features(x)
+
+    def autobalance_head(self) -> nn.Linear:
+        """The last linear layer, when the network names it ``head``."""
+        head = getattr(self.net, "head", None)
+        if not isinstance(head, nn.Linear):
+            raise AttributeError(f"{type(self.net).__name__} has no nn.Linear `head`: pass head= explicitly.")
+        return head
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss = self.autobalance_step_loss(batch)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)

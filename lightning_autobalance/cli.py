@@ -3,7 +3,8 @@
 ``python -m lightning_autobalance`` (or the ``lightning-autobalance`` console script) runs on the offline
 long-tailed MNIST-1D by default:
 
-1. ``ce`` — a plain cross-entropy baseline trained on all training data;
+1. ``baseline`` — a hand-tuned loss from the ``loss`` config group (plain cross-entropy by default) trained on all
+   training data;
 2. ``search`` — the AutoBalance search phase on a stratified 80/20 train/held-out split; the learned loss is written
    to ``autobalance_loss.yaml``;
 3. ``retrain`` — a fresh model trained on all training data with the learned loss frozen;
@@ -45,7 +46,7 @@ from lightning_autobalance.metrics import (
 
 __all__ = ["main", "run"]
 
-PHASES = ("ce", "search", "retrain")
+PHASES = ("baseline", "search", "retrain")
 
 
 @torch.no_grad()
@@ -106,6 +107,13 @@ COLUMNS = {
     "worst_group_error": "worst-group error %",
     "equal_opportunity_gap": "equal-opportunity gap %",
 }
+
+
+def baseline_label(cfg: DictConfig) -> str:
+    """Table label of the baseline loss, e.g. ``CE``, ``LA``, ``LDAM``."""
+    name = cfg.loss.get("preset") or cfg.loss.get("name") or "baseline"
+    label = str(name).upper().replace("_", "-")
+    return f"{label}-DRW" if cfg.loss.get("drw_epoch") is not None else label
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
@@ -182,12 +190,14 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     learned: ParametricCrossEntropy | None = None
     trainer: pl.Trainer | None = None
 
-    if "ce" in phases:
+    if "baseline" in phases:
         pl.seed_everything(cfg.seed, workers=True)
         model = _model(cfg, num_classes, num_groups)
-        trainer = _trainer(cfg, out, "ce", cfg.train.max_epochs)
+        group_counts = getattr(datamodule, "group_class_counts", None)
+        model.autobalance_loss = instantiate(cfg.loss)(class_counts=counts, group_counts=group_counts)
+        trainer = _trainer(cfg, out, "baseline", cfg.train.max_epochs)
         trainer.fit(model, datamodule=datamodule)
-        results["CE"] = test_report(model, datamodule.test_dataloader(), num_classes, num_groups)
+        results[baseline_label(cfg)] = test_report(model, datamodule.test_dataloader(), num_classes, num_groups)
 
     if "search" in phases:
         pl.seed_everything(cfg.seed, workers=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from lightning_autobalance import metrics as M
@@ -64,8 +64,12 @@ class AutoBalanceMixin:
 
     @autobalance_loss.setter
     def autobalance_loss(self, loss: ParametricCrossEntropy) -> None:
-        if not isinstance(loss, ParametricCrossEntropy):
-            raise TypeError(f"autobalance_loss must be a ParametricCrossEntropy, got {type(loss).__name__}.")
+        if not isinstance(loss, nn.Module) or not hasattr(loss, "num_classes"):
+            raise TypeError(
+                "autobalance_loss must be a ParametricCrossEntropy or a baseline loss module with the same call "
+                f"signature and a num_classes attribute (e.g. LDAMLoss, FocalLoss(num_classes=K)), got "
+                f"{type(loss).__name__}."
+            )
         device = next((p.device for p in self.parameters()), None)  # type: ignore[attr-defined]
         self.__dict__[_LOSS_ATTRIBUTE] = loss if device is None else loss.to(device)
 
@@ -113,7 +117,7 @@ class AutoBalanceMixin:
         collection = self._modules.get(name) if hasattr(self, "_modules") else None  # type: ignore[attr-defined]
         if collection is None:
             loss = self.autobalance_loss
-            k, g = loss.num_classes, loss.num_groups
+            k, g = loss.num_classes, getattr(loss, "num_groups", None) or 1
             members = {"balanced_error": M.BalancedError(k, g), "worst_class_error": M.WorstClassError(k, g),
                        "error": M.Error(k, g)}  # fmt: skip
             if g > 1:
@@ -123,7 +127,8 @@ class AutoBalanceMixin:
                     equal_opportunity_gap=M.EqualOpportunityGap(k, g),
                     equalized_odds_gap=M.EqualizedOddsGap(k, g),
                 )
-            collection = MetricCollection(members, prefix=f"{stage}/").to(loss.raw_iota.device)
+            device = next((p.device for p in self.parameters()), None)  # type: ignore[attr-defined]
+            collection = MetricCollection(members, prefix=f"{stage}/").to(device)
             self.add_module(name, collection)  # type: ignore[attr-defined]
         return collection
 
@@ -141,3 +146,9 @@ class AutoBalanceMixin:
     def test_step(self, batch: Any, batch_idx: int) -> None:
         """Log the test metrics (see :meth:`autobalance_evaluate`)."""
         self.autobalance_evaluate("test", batch)
+
+    def on_train_epoch_start(self) -> None:
+        """Tell an epoch-scheduled loss (e.g. LDAM with deferred re-weighting) which epoch starts."""
+        loss = self.__dict__.get(_LOSS_ATTRIBUTE)
+        if loss is not None and hasattr(loss, "set_epoch"):
+            loss.set_epoch(self.current_epoch)  # type: ignore[attr-defined]

@@ -51,7 +51,7 @@ def test_search_retrain_test_writes_table_loss_and_plot(tmp_path, capsys):
 
 def test_bad_phases_fail_early(tmp_path):
     with pytest.raises(ValueError, match="Unknown phases"):
-        run(compose_config(["phases=[ce,finetune]"], tmp_path), tmp_path / "out")
+        run(compose_config(["phases=[baseline,finetune]"], tmp_path), tmp_path / "out")
     with pytest.raises(ValueError, match="add 'search' to phases"):
         run(compose_config(["phases=[retrain]"], tmp_path), tmp_path / "out")
 
@@ -63,7 +63,7 @@ def test_console_entry_point_runs_hydra_app(tmp_path):
         "-m",
         "lightning_autobalance",
         *SMALL,
-        "phases=[ce]",
+        "phases=[baseline]",
         f"data.root={tmp_path / 'data'}",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
