@@ -5,6 +5,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Command-line overrides that make the app's default job tiny (seconds instead of minutes).
+SMALL_RUN = [
+    "data.n_max=120",
+    "data.test_per_class=20",
+    "data.imbalance_ratio=10",
+    "train.max_epochs=2",
+    "search.max_epochs=2",
+    "autobalance.warmup_epochs=1",
+    "autobalance.every_n_steps=2",
+    "trainer.enable_progress_bar=false",
+    "threads=1",
+]
+
 
 def subprocess_env() -> dict[str, str]:
     """Environment for child processes: the package importable, loopback-only DDP, no inherited rank variables."""

@@ -6,19 +6,9 @@ import sys
 import pytest
 
 from lightning_autobalance import load_loss
-from tests.conftest import subprocess_env
+from tests.conftest import SMALL_RUN, subprocess_env
 
-SMALL = [
-    "data.n_max=120",
-    "data.test_per_class=20",
-    "data.imbalance_ratio=10",
-    "train.max_epochs=2",
-    "search.max_epochs=2",
-    "autobalance.warmup_epochs=1",
-    "autobalance.every_n_steps=2",
-    "trainer.enable_progress_bar=false",
-    "threads=1",
-]
+SMALL = SMALL_RUN
 
 
 @pytest.mark.ddp

@@ -27,14 +27,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import lightning.pytorch as pl
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.datasets import CelebA as TorchvisionCelebA
 
+from lightning_autobalance.data.image_splits import SplitGroupDataModule
 from lightning_autobalance.data.waterbirds import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -228,7 +228,7 @@ def _partition(base: TorchvisionCelebA) -> Tensor:
     return torch.tensor([split_of[name] for name in base.filename], dtype=torch.long)
 
 
-class CelebA(pl.LightningDataModule):
+class CelebA(SplitGroupDataModule):
     """CelebA datamodule with a binary ``target`` attribute as label and a ``sensitive`` attribute as group.
 
     ``num_classes = 2``, ``num_groups = 2``. After ``setup``: ``train_set``, ``val_set``, ``test_set``
@@ -298,27 +298,4 @@ class CelebA(pl.LightningDataModule):
             transform = train_tf if split == "train" else eval_tf
             sets[split] = CelebAGroupDataset(base, indices, target, sensitive, transform)
         self.train_set, self.val_set, self.test_set = sets["train"], sets["valid"], sets["test"]
-        cells = self.train_set.groups * self.num_classes + self.train_set.targets
-        self.group_class_counts = torch.bincount(cells, minlength=4).view(self.num_groups, self.num_classes)
-        self.class_counts = self.group_class_counts.sum(0)
-
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Training split, shuffled."""
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation split."""
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Test split."""
-        return self._loader(self.test_set, shuffle=False)
+        self._count_training_cells()

@@ -23,12 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import transforms as T
+
+from lightning_autobalance.data.image_splits import SplitGroupDataModule
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Waterbirds", "WaterbirdsDataset", "waterbirds_transform"]
 
@@ -137,7 +138,7 @@ class WaterbirdsDataset(Dataset):
         return x, self.targets[index], self.groups[index]
 
 
-class Waterbirds(pl.LightningDataModule):
+class Waterbirds(SplitGroupDataModule):
     """Waterbirds datamodule: train / val / test splits of ``metadata.csv``, batches ``(x, y, place)``.
 
     ``num_classes = 2`` (landbird, waterbird), ``num_groups = 2`` (land, water background). After ``setup``:
@@ -176,27 +177,4 @@ class Waterbirds(pl.LightningDataModule):
         self.train_set = WaterbirdsDataset(self.root, "train", train_transform)
         self.val_set = WaterbirdsDataset(self.root, "val", eval_transform)
         self.test_set = WaterbirdsDataset(self.root, "test", eval_transform)
-        cells = self.train_set.groups * self.num_classes + self.train_set.targets
-        self.group_class_counts = torch.bincount(cells, minlength=4).view(self.num_groups, self.num_classes)
-        self.class_counts = self.group_class_counts.sum(0)
-
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Training split, shuffled."""
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation split (group-balanced backgrounds, as in group DRO)."""
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Test split."""
-        return self._loader(self.test_set, shuffle=False)
+        self._count_training_cells()
