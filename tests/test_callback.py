@@ -268,3 +268,20 @@ def test_mixin_logs_group_metrics_under_stable_names(tmp_path):
         for name in ("balanced_error", "worst_class_error", "error", "worst_group_error", "demographic_parity_gap",
                      "equal_opportunity_gap", "equalized_odds_gap")
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
+def test_unsupported_strategies_fail_with_a_clear_message(strategy):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy, SingleDeviceStrategy
+
+    from lightning_autobalance.callback import _check_strategy
+
+    if strategy == "fsdp":
+        instance = FSDPStrategy()
+    else:  # DeepSpeed is a DDPStrategy subclass that needs the deepspeed package: a stand-in with its name
+        instance = type("DeepSpeedStrategy", (SingleDeviceStrategy,), {})(device=torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"not (FSDPStrategy|DeepSpeedStrategy): use `Trainer\(strategy='ddp'\)`"):
+        _check_strategy(SimpleNamespace(strategy=instance))
+    _check_strategy(SimpleNamespace(strategy=SingleDeviceStrategy(device=torch.device("cpu"))))  # supported
