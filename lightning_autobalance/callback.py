@@ -16,11 +16,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
-from torch.func import functional_call
 from torch.optim import Optimizer
 
 from lightning_autobalance.data.split import HeldOutSplit
-from lightning_autobalance.hypergrad import LinearSolver, Neumann, hypergradient
+from lightning_autobalance.hypergrad import LinearSolver
+from lightning_autobalance.hyperstep import HyperStepContext, HyperStepEngine, make_engine
 from lightning_autobalance.learned_loss import load_loss, save_loss
 from lightning_autobalance.losses import HPARAM_KINDS, PRESETS, ParametricCrossEntropy
 from lightning_autobalance.mixin import AutoBalanceMixin
@@ -73,7 +73,17 @@ class AutoBalance(Callback):
         batch_size: batch size of the hyper-step batches (default: the training loader's).
         hyper_optimizer: factory ``params -> Optimizer`` (default SGD with ``hyper_lr`` and momentum 0.9).
         hyper_lr: learning rate of the default hyper-optimizer.
-        solver: how H⁻¹ is applied (default ``Neumann(terms=5, alpha=1.0)``, the reference's).
+        engine: how a hyper-step computes the hypergradient (:mod:`lightning_autobalance.hyperstep`). The default is
+            ``"full"`` — the engine whose DDP exactness and bit-identical resume are tested; ``"last_layer"`` (also
+            ``"default"`` in :func:`make_engine`, far cheaper, to become the default once those guarantees are tested
+            for it: the inverse restricted to the last layer, an exact small solve over features computed
+            without a graph through the body; needs ``autobalance_features(x)`` / ``autobalance_head()`` on the module
+            and falls back to ``"full"`` with a one-time warning), ``"full"`` (all weights, streamed batches, JVP mixed
+            term, Hessian curvature), ``"gauss_newton"`` (the same with the Gauss-Newton product), ``"reference"``
+            (the reference procedure: full Hessian, Neumann 5 terms step 1, all graphs held), or an engine object.
+        solver: how H⁻¹ is applied inside the engine (default: the engine's own — ``Exact(damping=0.1)`` on the
+            head, ``ConjugateGradient(iters=10, damping=0.1)`` for ``full``, ``Neumann(terms=5, alpha=1.0)`` for
+            ``reference``).
         export_path: where to write the learned loss (default ``<log_dir>/autobalance_loss.yaml``).
         seed: seed of the hyper-step batch draws.
         check_sync: under DDP, verify after every hyper-step that α is identical on all processes (two tiny
@@ -105,6 +115,7 @@ class AutoBalance(Callback):
         batch_size: int | None = None,
         hyper_optimizer: HyperOptimizerFactory | None = None,
         hyper_lr: float = 0.01,
+        engine: str | HyperStepEngine = "full",
         solver: LinearSolver | None = None,
         export_path: str | os.PathLike[str] | None = None,
         seed: int = 0,
@@ -137,7 +148,8 @@ class AutoBalance(Callback):
         self.warmup_epochs, self.every_n_steps = warmup_epochs, every_n_steps
         self.train_batches, self.heldout_batches, self.batch_size = train_batches, heldout_batches, batch_size
         self.hyper_optimizer_factory = hyper_optimizer or partial(torch.optim.SGD, lr=hyper_lr, momentum=0.9)
-        self.solver: LinearSolver = solver if solver is not None else Neumann(terms=5, alpha=1.0)
+        self.solver = solver
+        self.engine: HyperStepEngine = make_engine(engine, solver, cache_size=train_batches)
         self.export_path = None if export_path is None else Path(export_path)
         self.seed = seed
         self.check_sync = check_sync
@@ -249,38 +261,33 @@ class AutoBalance(Callback):
         """
         assert self.loss is not None and self.hyper_optimizer is not None and self._forward is not None
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.hyper_steps)
-        train, num_train = self._draw_batches(self._datamodule.train_dataset, self.train_batches, generator, trainer)
+        needs_train = getattr(self.engine, "needs_train_batches", None)
+        if needs_train is None or needs_train(pl_module, self.loss):
+            train, num_train = self._draw_batches(
+                self._datamodule.train_dataset, self.train_batches, generator, trainer
+            )
+        else:  # the engine reuses the batches of recent weight steps
+            train, num_train = [], trainer.world_size
         heldout, _ = self._draw_batches(self._datamodule.heldout_dataset, self.heldout_batches, generator, trainer)
         world = trainer.world_size
 
-        forward, loss_module, objective = self._forward, self.loss, self.objective
-        # Buffers are cloned per pass, so BatchNorm running statistics of the model are never touched.
-        buffers = {f"module.{name}": b for name, b in pl_module.named_buffers()}
-        params = {f"module.{name}": p for name, p in pl_module.named_parameters() if p.requires_grad}
-
-        def run(theta: dict[str, Tensor], batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
-            state = {**{k: b.clone() for k, b in buffers.items()}, **theta}
-            return functional_call(forward, state, (batch,))
-
-        def inner(theta: dict[str, Tensor], alpha: dict[str, Tensor]) -> Tensor:
-            # world/num_train · Σ_local: averaged over processes this is the mean over all global batches
-            losses = [functional_call(loss_module, alpha, run(theta, batch)) for batch in train]
-            return torch.stack(losses).sum() * (world / num_train)
-
-        def outer(theta: dict[str, Tensor], alpha: dict[str, Tensor]) -> Tensor:
-            outputs = [run(theta, batch) for batch in heldout]
-            logits = torch.cat([o[0] for o in outputs])
-            targets = torch.cat([o[1] for o in outputs])
-            groups = None if outputs[0][2] is None else torch.cat([o[2] for o in outputs])  # type: ignore[misc]
-            if world > 1:
-                logits, targets, groups = gather_across_processes(logits, targets, groups)
-            return objective(logits, targets, groups)
+        loss_module = self.loss
 
         def average(tensor: Tensor) -> Tensor:
             return trainer.strategy.reduce(tensor, reduce_op="mean")
 
+        context = HyperStepContext(
+            module=pl_module,
+            loss=loss_module,
+            objective=self.objective,
+            train=train,
+            heldout=heldout,
+            train_weight=world / num_train,  # averaged over processes: the mean over all global batches
+            reduce=average,
+            gather=gather_across_processes if world > 1 else None,
+        )
         with torch.inference_mode(False), torch.enable_grad():
-            result = hypergradient(inner, outer, params, loss_module.hparams(), self.solver, reduce=average)
+            result = self.engine(context)
         names = list(result.grads)
         flat = torch.cat([result.grads[n].reshape(-1) for n in names])
         outer_value = result.outer

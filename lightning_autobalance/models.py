@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MNIST1DConvNet"]
+__all__ = ["CIFARResNet", "MNIST1DConvNet", "resnet32"]
 
 
 class MNIST1DConvNet(nn.Module):
@@ -38,5 +39,81 @@ class MNIST1DConvNet(nn.Module):
         """Penultimate-layer features (B, channels · length / 4)."""
         return self.body(x)
 
+    def autobalance_features(self, x: Tensor) -> Tensor:
+        """The feature hook of AutoBalance's last-layer engine and of last-layer retraining (= :meth:`features`)."""
+        return self.body(x)
+
+    def autobalance_head(self) -> nn.Linear:
+        """The last layer."""
+        return self.head
+
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))
+
+
+class _BasicBlock(nn.Module):
+    """Two 3×3 convolutions with BatchNorm and an identity (option A: strided, zero-padded) shortcut."""
+
+    def __init__(self, inputs: int, outputs: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(outputs)
+        self.conv2 = nn.Conv2d(outputs, outputs, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(outputs)
+        self.stride, self.pad = stride, outputs - inputs
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
+        if self.pad:
+            shortcut = F.pad(shortcut, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return F.relu(out + shortcut)
+
+
+class CIFARResNet(nn.Module):
+    """The CIFAR ResNet of He et al. 2016 (6n + 2 layers; n = 5 is ResNet-32, the AutoBalance paper's CIFAR model).
+
+    Inputs (B, 3, 32, 32); widths 16-32-64; global average pooling and a linear head. Exposes the feature hook
+    (:meth:`autobalance_features`, :meth:`autobalance_head`).
+
+    Args:
+        num_classes: number of classes.
+        blocks: residual blocks per stage (n).
+
+    Example:
+        >>> import torch
+        >>> resnet32(num_classes=10)(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, num_classes: int = 10, blocks: int = 5) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+        width = 16
+        for stage, outputs in enumerate((16, 32, 64)):
+            for block in range(blocks):
+                layers.append(_BasicBlock(width, outputs, 2 if stage and not block else 1))
+                width = outputs
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(64, num_classes)
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight)
+
+    def autobalance_features(self, x: Tensor) -> Tensor:
+        """Pooled features (B, 64)."""
+        return self.body(x)
+
+    def autobalance_head(self) -> nn.Linear:
+        """The last layer."""
+        return self.head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))
+
+
+def resnet32(num_classes: int = 10) -> CIFARResNet:
+    """ResNet-32 for CIFAR-shaped inputs."""
+    return CIFARResNet(num_classes, blocks=5)

@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from lightning_autobalance.hypergrad import ConjugateGradient, Neumann, hypergradient
+from lightning_autobalance.hypergrad import (
+    ConjugateGradient,
+    Exact,
+    Neumann,
+    OneStep,
+    hypergradient,
+    last_layer_hypergradient,
+    logit_hypergradient,
+)
 from lightning_autobalance.losses import ParametricCrossEntropy
 from lightning_autobalance.objectives import balanced_cross_entropy
 
@@ -172,3 +180,137 @@ def test_direct_term_and_errors():
         hypergradient(lambda p, h: p["t"].sum(), lambda p, h: p["t"].sum(), {"t": torch.ones(1)}, {})
     with pytest.raises(ValueError, match="Neumann alpha"):
         Neumann(terms=3, alpha=0)
+
+
+def test_exact_matches_dense_ift(problem):
+    inner, outer, params, hparams, exact, _ = problem
+    result = hypergradient(inner, outer, params, hparams, Exact(rcond=0.0))
+    torch.testing.assert_close(flat(result.grads), exact, rtol=1e-8, atol=1e-10)
+
+
+def test_one_step_is_exact_when_the_hessian_is_a_multiple_of_identity():
+    # inner: ‖θ − Aα‖² (H = 2I), outer: ‖θ − c‖²  ⇒  θ* = Aα and d outer/dα = 2Aᵀ(Aα − c)
+    gen = torch.Generator().manual_seed(0)
+    a, c, al = torch.randn(4, 2, generator=gen), torch.randn(4, generator=gen), torch.randn(2, generator=gen)
+    args = (
+        lambda p, h: ((p["t"] - a @ h["a"]) ** 2).sum(),
+        lambda p, h: ((p["t"] - c) ** 2).sum(),
+        {"t": a @ al},
+        {"a": al},
+    )
+    torch.testing.assert_close(hypergradient(*args, OneStep(lr=0.5)).grads["a"], 2 * a.T @ (a @ al - c))
+    assert not torch.allclose(hypergradient(*args, OneStep(lr=0.1)).grads["a"], 2 * a.T @ (a @ al - c))
+    with pytest.raises(ValueError, match="OneStep lr"):
+        OneStep(lr=0.0)
+
+
+def test_conjugate_gradient_warm_start_goes_further_with_the_same_iterations(problem):
+    inner, outer, params, hparams, exact, _ = problem
+    cold = ConjugateGradient(iters=3)
+    warm = ConjugateGradient(iters=3, warm_start=True)
+    errors = {}
+    for name, solver in (("cold", cold), ("warm", warm)):
+        for _ in range(4):  # the same system four times: a warm start continues where it stopped
+            result = hypergradient(inner, outer, params, hparams, solver)
+        errors[name] = float((flat(result.grads) - exact).norm() / exact.norm())
+    assert errors["warm"] < 1e-2 * errors["cold"], errors
+    assert ConjugateGradient(iters=3, warm_start=True) == ConjugateGradient(iters=3, warm_start=True)
+
+
+def logit_problem():
+    """The fixture as (model, loss, objective) on logits; the ridge term becomes solver damping."""
+    x, y, xv, yv, loss_fn = make_problem()
+    batches = [(x[i::3], y[i::3]) for i in range(3)]  # three train batches, equal inner mean up to weights
+
+    def model(p, batch):
+        return batch[0] @ p["w"] + p["b"], batch[1], None
+
+    def loss(z, t, g, h):
+        return functional_call(loss_fn, h, (z, t))
+
+    def objective(z, t, g, h):
+        return balanced_cross_entropy(z, t)
+
+    return model, loss, objective, batches, (xv, yv)
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "gauss_newton"])
+@pytest.mark.parametrize("split", [1, 2])
+def test_logit_hypergradient_matches_dense_ift_for_both_curvatures(problem, curvature, split):
+    # the model is linear in θ, so the Gauss-Newton product equals the Hessian exactly
+    _, _, params, hparams, exact, _ = problem
+    model, loss, objective, batches, (xv, yv) = logit_problem()
+    heldout = [(xv[i::split], yv[i::split]) for i in range(split)]
+
+    def weighted_loss(z, t, g, h):  # per-batch weights make Σ_b the mean over all samples
+        return loss(z, t, g, h) * (len(t) / sum(len(b[1]) for b in batches))
+
+    solver = ConjugateGradient(iters=60, damping=RIDGE)
+    result = logit_hypergradient(
+        model, weighted_loss, objective, batches, heldout, params, hparams, solver, curvature=curvature, train_weight=1
+    )
+    assert float((flat(result.grads) - exact).norm() / exact.norm()) < 1e-8
+
+
+def test_last_layer_hypergradient_matches_dense_ift(problem):
+    _, _, params, hparams, exact, _ = problem
+    _, loss, objective, batches, (xv, yv) = logit_problem()
+    total = sum(len(b[1]) for b in batches)
+    train = [(b[0], b[1], None) for b in batches]
+    weight_of = {id(b[1]): len(b[1]) / total for b in batches}
+
+    def weighted_loss(z, t, g, h):
+        return loss(z, t, g, h) * weight_of[id(t)]
+
+    solvers = (
+        (Exact(damping=RIDGE, rcond=0.0), 1e-8),
+        (Exact(damping=RIDGE, max_dense=4), 1e-5),  # too large to form H: matrix-free CG to tolerance
+        (ConjugateGradient(iters=80, damping=RIDGE), 1e-8),
+    )
+    for solver, tol in solvers:
+        result = last_layer_hypergradient(
+            weighted_loss, objective, train, (xv, yv, None), params["w"].T, params["b"], hparams, solver, train_weight=1
+        )
+        assert float((flat(result.grads) - exact).norm() / exact.norm()) < tol
+
+
+def test_logit_hypergradient_equals_generic_on_a_nonlinear_network_and_streams():
+    # a small MLP with BatchNorm: the JVP mixed term and streamed Hessian products equal the double-backward reference
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.BatchNorm1d(8), torch.nn.Tanh(), torch.nn.Linear(8, K))
+    x, y, xv, yv, loss_fn = make_problem()
+    batches = [(x[i::2], y[i::2]) for i in range(2)]
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    buffers = {k: v for k, v in net.named_buffers()}
+    before = {k: v.clone() for k, v in buffers.items()}
+    hparams = {k: v.detach() for k, v in loss_fn.hparams().items()}
+
+    def model(p, batch):
+        return functional_call(net, {**{k: b.clone() for k, b in buffers.items()}, **p}, (batch[0],)), batch[1], None
+
+    def loss(z, t, g, h):
+        return functional_call(loss_fn, h, (z, t))
+
+    def objective(z, t, g, h):
+        return balanced_cross_entropy(z, t)
+
+    solver = ConjugateGradient(iters=5, damping=0.5)
+    streamed = logit_hypergradient(model, loss, objective, batches, [(xv, yv)], params, hparams, solver)
+    reference = hypergradient(
+        lambda p, h: sum(loss(model(p, b)[0], b[1], None, h) for b in batches) / len(batches),
+        lambda p, h: objective(model(p, (xv, yv))[0], yv, None, h),
+        params,
+        hparams,
+        solver,
+    )
+    torch.testing.assert_close(flat(streamed.grads), flat(reference.grads), rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(streamed.inner, reference.inner)
+    gauss_newton = logit_hypergradient(
+        model, loss, objective, batches, [(xv, yv)], params, hparams, solver, curvature="gauss_newton"
+    )
+    cosine = torch.nn.functional.cosine_similarity(flat(gauss_newton.grads), flat(reference.grads), dim=0)
+    assert 0.5 < float(cosine) < 1 - 1e-9  # close to, but not the same as, the Hessian on a nonlinear network
+    for k, v in buffers.items():
+        assert torch.equal(v, before[k])
+    with pytest.raises(ValueError, match="curvature"):
+        logit_hypergradient(model, loss, objective, batches, [(xv, yv)], params, hparams, curvature="fisher")

@@ -1,0 +1,317 @@
+"""Hyper-step engines side by side: time, peak memory and accuracy of the hypergradient.
+
+Run ``PYTHONPATH=. python benchmarks/hyperstep.py`` (about 10 minutes on 2 CPU threads). For each model — ResNet-32 on
+CIFAR-shaped inputs and the MNIST-1D CNN — and each configuration, a *separate child process* trains for a reduced
+epoch and reports its wall time and peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``):
+
+* ``plain``: weight steps only (batch 128, SGD);
+* ``default`` / ``reference``: the search phase at the reference schedule — a hyper-step every 20 weight steps, each on
+  10 train + 10 held-out batches of 128, α updated by SGD (lr 0.01, momentum 0.9) — with the default engine
+  (last layer, exact solve) or the ``reference`` preset (full-network Hessian, Neumann 5 terms step 1, all graphs held).
+
+Accuracy: starting from the weights after the plain epoch, 10 more weight steps fill the default engine's cache; then
+the hypergradients of several engines on fresh batch draws are compared (cosine) with a high-accuracy one: full-network
+Hessian, conjugate gradient with many iterations on twice as many batches (a superset of the engines' batches).
+On ResNet-32 this part is reduced to fit the time budget (``--cos-batch``, ``--cos-batches``, ``--accurate-iters``).
+
+Data are random (no download): Gaussian inputs with a weak class-dependent mean (so training makes progress), with
+class counts in CIFAR10-LT proportions (n_max = 5000, imbalance 100, 80% train / 20% held-out) for ResNet-32 and
+MNIST-1D-LT proportions (n_max = 400, 40×1 inputs) for the CNN. Reduced epochs: ``--steps`` weight steps (default 100,
+so 5 hyper-steps) instead of a full pass over the data; the reference search epoch on ResNet-32 is measured with
+``--reference-steps`` weight steps (default 20, so 1 hyper-step) and extrapolated to ``--steps`` as
+``plain + hyper-steps × measured hyper-step time`` — say so when quoting it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from lightning_autobalance.data import long_tail_counts
+from lightning_autobalance.hypergrad import ConjugateGradient, OneStep
+from lightning_autobalance.hyperstep import FullNetwork, HyperStepContext, LastLayer, Reference
+from lightning_autobalance.losses import ParametricCrossEntropy
+from lightning_autobalance.models import MNIST1DConvNet, resnet32
+from lightning_autobalance.objectives import balanced_cross_entropy
+
+BATCH, EVERY, HYPER_BATCHES = 128, 20, 10
+
+
+class Classifier(nn.Module):
+    """What ImbalancedClassifier + AutoBalanceMixin give the engines: autobalance_forward and the feature hook."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def autobalance_forward(self, batch):
+        x, y = batch
+        return self.net(x), y, None
+
+    def autobalance_features(self, x: Tensor) -> Tensor:
+        return self.net.autobalance_features(x)
+
+    def autobalance_head(self) -> nn.Linear:
+        return self.net.autobalance_head()
+
+
+def make_data(model: str, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    if model == "resnet32":
+        counts, shape = long_tail_counts(5000, 10, 100), (3, 32, 32)
+    else:
+        counts, shape = long_tail_counts(400, 10, 100), (1, 40)
+    y = torch.cat([torch.full((n,), k) for k, n in enumerate(counts)])
+    templates = torch.randn(10, *shape, generator=gen)
+    x = torch.randn(len(y), *shape, generator=gen) + 0.5 * templates[y]
+    order = torch.randperm(len(y), generator=gen)
+    x, y = x[order], y[order]
+    cut = int(0.8 * len(y))
+    return counts, (x[:cut], y[:cut]), (x[cut:], y[cut:])
+
+
+def make_model(model: str) -> Classifier:
+    torch.manual_seed(0)
+    return Classifier(resnet32(10) if model == "resnet32" else MNIST1DConvNet(10))
+
+
+def draw(data, count: int, gen: torch.Generator) -> list[tuple[Tensor, Tensor]]:
+    x, y = data
+    order = torch.randperm(len(y), generator=gen)[: count * BATCH]
+    return [(x[idx], y[idx]) for idx in order.split(BATCH)]
+
+
+def engine_for(name: str):
+    return {"default": LastLayer(), "reference": Reference()}[name]
+
+
+def context(model, loss, train, heldout) -> HyperStepContext:
+    return HyperStepContext(
+        module=model,
+        loss=loss,
+        objective=balanced_cross_entropy,
+        train=train,
+        heldout=heldout,
+        train_weight=1.0 / len(train),
+    )
+
+
+def run_epoch(model_name: str, config: str, steps: int, state: str | None) -> dict[str, float]:
+    counts, train, heldout = make_data(model_name)
+    model = make_model(model_name).train()
+    loss = ParametricCrossEntropy.from_preset("ce", counts, learnable=("delta", "iota"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    hyper = torch.optim.SGD(list(loss.hparams().values()), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(1)
+    engine = None if config == "plain" else engine_for(config)
+    hyper_times = []
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        idx = torch.randint(len(train[1]), (BATCH,), generator=gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss(model(train[0][idx]), train[1][idx]).backward()
+        optimizer.step()
+        if engine is not None and step % EVERY == 0:
+            t0 = time.perf_counter()
+            ctx = context(model, loss, draw(train, HYPER_BATCHES, gen), draw(heldout, HYPER_BATCHES, gen))
+            result = engine(ctx)
+            for name, param in loss.hparams().items():
+                param.grad = result.grads[name].clone()
+            hyper.step()
+            hyper.zero_grad(set_to_none=True)
+            hyper_times.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - start
+    if config == "plain" and state:
+        torch.save(model.state_dict(), state)
+    return {
+        "epoch_time": elapsed,
+        "hyper_step_time": sum(hyper_times) / len(hyper_times) if hyper_times else 0.0,
+        "hyper_steps": len(hyper_times),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def flat(grads: dict[str, Tensor]) -> Tensor:
+    return torch.cat([g.reshape(-1) for g in grads.values()])
+
+
+def cosines(model_name: str, state: str, args) -> dict[str, float]:
+    counts, train, heldout = make_data(model_name)
+    model = make_model(model_name).train()
+    loss = ParametricCrossEntropy.from_preset("ce", counts, learnable=("delta", "iota"))
+    model.load_state_dict(torch.load(state))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    gen = torch.Generator().manual_seed(2)
+    cached = LastLayer()
+    cached.needs_train_batches(model, loss)  # attach the cache hooks
+    for _ in range(cached.cache_size):  # the weight steps before a hyper-step fill the cache
+        idx = torch.randint(len(train[1]), (BATCH,), generator=gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss(model(train[0][idx]), train[1][idx]).backward()
+        optimizer.step()
+    engines = {
+        "default": cached,
+        "default_fresh": LastLayer(train_features="fresh"),
+        "reference": Reference(),
+        "full_cg10": FullNetwork(ConjugateGradient(iters=10, damping=0.1)),
+        "gauss_newton_cg10": FullNetwork(ConjugateGradient(iters=10, damping=0.1), curvature="gauss_newton"),
+        "one_step": FullNetwork(OneStep(lr=0.1)),
+    }
+    accurate = FullNetwork(ConjugateGradient(iters=args.accurate_iters, damping=0.1, tol=1e-6))
+    sums = dict.fromkeys(engines, 0.0)
+    x, y = train
+    n = args.cos_batches
+    for _ in range(args.draws):
+        order = torch.randperm(len(y), generator=gen)[: 2 * n * args.cos_batch]
+        tr = [(x[i], y[i]) for i in order.split(args.cos_batch)]
+        order = torch.randperm(len(heldout[1]), generator=gen)[: 2 * n * args.cos_batch]
+        ho = [(heldout[0][i], heldout[1][i]) for i in order.split(args.cos_batch)]
+        target = flat(accurate(context(model, loss, tr, ho)).grads)
+        for name, engine in engines.items():
+            g = flat(engine(context(model, loss, tr[:n], ho[:n])).grads)
+            sums[name] += float(torch.nn.functional.cosine_similarity(g, target, dim=0)) / args.draws
+    return sums
+
+
+def child(args) -> None:
+    torch.set_num_threads(args.threads)
+    if args.config == "cosine":
+        out = cosines(args.model, args.state, args)
+    else:
+        out = run_epoch(args.model, args.config, args.steps, args.state)
+    print(json.dumps(out))
+
+
+def launch(args, model: str, config: str, steps: int, **cosine: int) -> dict[str, float]:
+    command = [sys.executable, __file__, "--child", "--model", model, "--config", config, "--steps", str(steps)]
+    command += ["--threads", str(args.threads), "--draws", str(args.draws), "--state", args.state]
+    for key, value in cosine.items():
+        command += [f"--{key.replace('_', '-')}", str(value)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def search_compare(seeds: list[int], out: Path) -> None:
+    """Acceptance check: MNIST-1D-LT search + retrain with ``autobalance=fast`` (default engine at the reference
+    schedule) and ``autobalance=reference``, per seed; prints the balanced test error after retraining and run time."""
+    from hydra import compose, initialize_config_dir
+
+    from lightning_autobalance import cli
+    from lightning_autobalance.classifier import ImbalancedClassifier
+
+    if not hasattr(ImbalancedClassifier, "autobalance_features"):  # until classifier.py forwards the hook itself
+        ImbalancedClassifier.autobalance_features = lambda self, x: self.net.autobalance_features(x)
+        ImbalancedClassifier.autobalance_head = lambda self: self.net.autobalance_head()
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    rows = []
+    for preset in ("fast", "reference"):
+        for seed in seeds:
+            with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+                cfg = compose("config", overrides=[f"autobalance={preset}", f"seed={seed}", "phases=[search,retrain]"])
+            start = time.perf_counter()
+            results = cli.run(cfg, out / f"{preset}_{seed}")
+            rows.append((preset, seed, results["AutoBalance"]["balanced_error"], time.perf_counter() - start))
+            print(
+                f"{preset:<10} seed {seed}: balanced test error {100 * rows[-1][2]:.2f}%, {rows[-1][3]:.0f} s",
+                flush=True,
+            )
+    for preset in ("fast", "reference"):
+        errors = torch.tensor([r[2] for r in rows if r[0] == preset]) * 100
+        times = [r[3] for r in rows if r[0] == preset]
+        print(
+            f"{preset:<10} balanced test error {errors.mean():.2f} ± {errors.std():.2f}% (mean ± sd over {len(errors)} "
+            f"seeds), search+retrain {sum(times) / len(times):.0f} s per seed"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="resnet32")
+    parser.add_argument("--config", default="plain")
+    parser.add_argument("--models", default="resnet32,mnist1d")
+    parser.add_argument("--steps", type=int, default=100, help="weight steps of the reduced epoch")
+    parser.add_argument("--reference-steps", type=int, default=20, help="weight steps of the ResNet reference run")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--draws", type=int, default=2, help="hyper-batch draws averaged in the cosine")
+    parser.add_argument("--accurate-iters", type=int, default=20, help="CG iterations of the high-accuracy solve")
+    parser.add_argument("--cos-batch", type=int, default=BATCH, help="batch size in the cosine part")
+    parser.add_argument("--cos-batches", type=int, default=HYPER_BATCHES, help="train = held-out batches, cosine part")
+    parser.add_argument("--resnet-cosine", default="32,4,10,1", help="ResNet cosine: batch,batches,CG iters,draws")
+    parser.add_argument("--state", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--search-seeds", default="", help="e.g. 0,1,2: run the MNIST-1D-LT search comparison instead")
+    args = parser.parse_args()
+    if args.search_seeds:
+        torch.set_num_threads(args.threads)
+        out = Path(tempfile.mkdtemp(prefix="hyperstep_search_"))
+        search_compare([int(s) for s in args.search_seeds.split(",")], out)
+        return
+    if args.child:
+        child(args)
+        return
+    print(
+        f"# {Path(__file__).name}: {args.steps} weight steps per epoch, batch {BATCH}, hyper-step every {EVERY} "
+        f"steps on {HYPER_BATCHES}+{HYPER_BATCHES} batches; {args.threads} threads; random data (see docstring)"
+    )
+    for model in args.models.split(","):
+        start = time.perf_counter()
+        args.state = str(Path(tempfile.gettempdir()) / f"hyperstep_bench_{model}_{os.getpid()}.pt")
+        plain = launch(args, model, "plain", args.steps)
+        default = launch(args, model, "default", args.steps)
+        ref_steps = args.reference_steps if model == "resnet32" else args.steps
+        reference = launch(args, model, "reference", ref_steps)
+        per_step = plain["epoch_time"] / args.steps
+        hypers = args.steps // EVERY
+        reference_epoch = per_step * args.steps + hypers * reference["hyper_step_time"]
+        note = "" if ref_steps == args.steps else f" (extrapolated from {ref_steps} steps)"
+        if ref_steps == args.steps:
+            reference_epoch = reference["epoch_time"]
+        if model == "resnet32":
+            batch, batches, iters, draws = (int(v) for v in args.resnet_cosine.split(","))
+        else:
+            batch, batches, iters, draws = args.cos_batch, args.cos_batches, args.accurate_iters, args.draws
+        cos = launch(
+            args, model, "cosine", args.steps, cos_batch=batch, cos_batches=batches, accurate_iters=iters, draws=draws
+        )
+        print(f"\n## {model}")
+        print(f"{'config':<12}{'epoch s':>10}{'x plain':>9}{'hyper-step s':>14}{'peak RSS MB':>13}{'x plain':>9}")
+        for name, row, epoch in (
+            ("plain", plain, plain["epoch_time"]),
+            ("default", default, default["epoch_time"]),
+            ("reference", reference, reference_epoch),
+        ):
+            print(
+                f"{name:<12}{epoch:>10.1f}{epoch / plain['epoch_time']:>9.2f}{row['hyper_step_time']:>14.2f}"
+                f"{row['peak_rss_mb']:>13.0f}{row['peak_rss_mb'] / plain['peak_rss_mb']:>9.2f}"
+                + (note if name == "reference" else "")
+            )
+        print(
+            f"mean cosine to the high-accuracy hypergradient (full Hessian, CG {iters} it. damping 0.1, on "
+            f"{2 * batches}+{2 * batches} batches of {batch}; engines on {batches}+{batches} of them; {draws} draws):"
+        )
+        for name, value in cos.items():
+            print(f"  {name:<20}{value:>8.3f}")
+        print(
+            f"ratios: default/reference epoch {default['epoch_time'] / reference_epoch:.3f}, hyper-step "
+            f"{default['hyper_step_time'] / reference['hyper_step_time']:.4f}, peak RSS "
+            f"{default['peak_rss_mb'] / reference['peak_rss_mb']:.3f}; section took {time.perf_counter() - start:.0f} s"
+        )
+
+
+if __name__ == "__main__":
+    main()
