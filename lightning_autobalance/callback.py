@@ -182,6 +182,11 @@ class AutoBalance(Callback):
                 "`trainer.fit(model, datamodule=HeldOutSplit(datamodule, fraction=0.2))`"
                 f" (got {type(datamodule).__name__})."
             )
+        if getattr(self.objective, "requires_groups", False) and datamodule.num_groups == 1:
+            raise ValueError(
+                f"The objective {type(self.objective).__name__} needs group labels, but the training data has none: "
+                "return (x, y, g) batches (or a data set with a `groups` attribute), or use objective='balanced'."
+            )
         absent = torch.nonzero(datamodule.heldout_class_counts == 0).flatten().tolist()
         if absent:
             raise ValueError(

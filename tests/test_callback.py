@@ -285,3 +285,11 @@ def test_unsupported_strategies_fail_with_a_clear_message(strategy):
     with pytest.raises(ValueError, match=r"not (FSDPStrategy|DeepSpeedStrategy): use `Trainer\(strategy='ddp'\)`"):
         _check_strategy(SimpleNamespace(strategy=instance))
     _check_strategy(SimpleNamespace(strategy=SingleDeviceStrategy(device=torch.device("cpu"))))  # supported
+
+
+def test_group_objective_without_groups_fails_early(tmp_path):
+    from lightning_autobalance import WorstGroup
+
+    callback = make_callback(tmp_path, objective=WorstGroup())
+    with pytest.raises(ValueError, match=r"WorstGroup needs group labels.*return \(x, y, g\) batches"):
+        make_trainer(tmp_path, [callback]).fit(TinyModel(), datamodule=HeldOutSplit(TinyData()))
