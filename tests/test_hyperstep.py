@@ -42,9 +42,9 @@ def hooked_fit(tmp_path, callback, **kwargs):
         test_callback.TinyModel = original
 
 
-def test_default_engine_uses_the_last_layer_with_its_cache_and_leaves_batchnorm_alone(tmp_path):
+def test_last_layer_engine_uses_its_cache_and_leaves_batchnorm_alone(tmp_path):
     store = {}
-    callback = make_callback(tmp_path, solver=None)
+    callback = make_callback(tmp_path, solver=None, engine="last_layer")
     assert isinstance(callback.engine, LastLayer) and callback.engine.train_features == "cached"
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*no feature hook.*")
@@ -63,7 +63,7 @@ def test_default_engine_uses_the_last_layer_with_its_cache_and_leaves_batchnorm_
 
 
 def test_module_without_feature_hook_falls_back_with_one_warning(tmp_path):
-    callback = make_callback(tmp_path, solver=None)
+    callback = make_callback(tmp_path, solver=None, engine="last_layer")
     with pytest.warns(UserWarning, match="no feature hook") as record:
         fit(tmp_path, callback, max_epochs=3)
     assert sum("no feature hook" in str(w.message) for w in record) == 1
@@ -152,3 +152,10 @@ def test_models_expose_the_feature_hook():
         x = torch.randn(shape)
         net.eval()
         torch.testing.assert_close(net.autobalance_head()(net.autobalance_features(x)), net(x))
+
+
+def test_callback_default_engine_is_the_full_network():
+    from lightning_autobalance import AutoBalance
+    from lightning_autobalance.hyperstep import FullNetwork
+
+    assert isinstance(AutoBalance().engine, FullNetwork)
