@@ -5,10 +5,35 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CIFARResNet", "MNIST1DConvNet", "resnet32"]
+__all__ = ["BodyHeadNetwork", "CIFARResNet", "MNIST1DConvNet", "resnet32"]
 
 
-class MNIST1DConvNet(nn.Module):
+class BodyHeadNetwork(nn.Module):
+    """A network ``head(body(x))`` with a linear ``head``: exposes the last-layer feature hook.
+
+    Subclasses build ``self.body`` (inputs → features) and ``self.head`` (an :class:`torch.nn.Linear`).
+    """
+
+    body: nn.Module
+    head: nn.Linear
+
+    def features(self, x: Tensor) -> Tensor:
+        """Penultimate-layer features (B, head.in_features)."""
+        return self.body(x)
+
+    def autobalance_features(self, x: Tensor) -> Tensor:
+        """The feature hook of AutoBalance's last-layer engine and of last-layer retraining (= :meth:`features`)."""
+        return self.body(x)
+
+    def autobalance_head(self) -> nn.Linear:
+        """The last layer."""
+        return self.head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))
+
+
+class MNIST1DConvNet(BodyHeadNetwork):
     """A small 1-D CNN for MNIST-1D (inputs (B, 1, 40)): three conv + BatchNorm + ReLU blocks and a linear head.
 
     The last layer is ``self.head`` and the features it reads are returned by :meth:`features`.
@@ -35,21 +60,6 @@ class MNIST1DConvNet(nn.Module):
         )
         self.head = nn.Linear(channels * ((length + 3) // 4), num_classes)
 
-    def features(self, x: Tensor) -> Tensor:
-        """Penultimate-layer features (B, channels · length / 4)."""
-        return self.body(x)
-
-    def autobalance_features(self, x: Tensor) -> Tensor:
-        """The feature hook of AutoBalance's last-layer engine and of last-layer retraining (= :meth:`features`)."""
-        return self.body(x)
-
-    def autobalance_head(self) -> nn.Linear:
-        """The last layer."""
-        return self.head
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x))
-
 
 class _BasicBlock(nn.Module):
     """Two 3×3 convolutions with BatchNorm and an identity (option A: strided, zero-padded) shortcut."""
@@ -71,7 +81,7 @@ class _BasicBlock(nn.Module):
         return F.relu(out + shortcut)
 
 
-class CIFARResNet(nn.Module):
+class CIFARResNet(BodyHeadNetwork):
     """The CIFAR ResNet of He et al. 2016 (6n + 2 layers; n = 5 is ResNet-32, the AutoBalance paper's CIFAR model).
 
     Inputs (B, 3, 32, 32); widths 16-32-64; global average pooling and a linear head. Exposes the feature hook
@@ -101,17 +111,6 @@ class CIFARResNet(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight)
-
-    def autobalance_features(self, x: Tensor) -> Tensor:
-        """Pooled features (B, 64)."""
-        return self.body(x)
-
-    def autobalance_head(self) -> nn.Linear:
-        """The last layer."""
-        return self.head
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x))
 
 
 def resnet32(num_classes: int = 10) -> CIFARResNet:
