@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import subprocess_env
 
@@ -118,3 +119,14 @@ def test_two_torchrun_nodes_match_single_node_ddp(tmp_path, two_processes):
     assert node0["history"] == node1["history"]
     for a, b in zip(node0["history"], two_processes[0]["history"], strict=True):
         assert_close(a, b)
+
+
+def test_ddp_spawn_exports_the_same_alpha(tmp_path, two_processes):
+    from lightning_autobalance import load_loss
+
+    launch(tmp_path, "--devices", 2, "--strategy", "ddp_spawn", "--batch-size", 16)
+    # the calling process never ran the search itself; the learned loss reaches it through the exported file
+    assert json.loads((tmp_path / "spawn.json").read_text()) == {"has_loss": False}
+    loss = load_loss(tmp_path / "loss.yaml")
+    alpha = [float(v) for v in torch.cat([loss.raw_delta.flatten(), loss.raw_iota.flatten()])]
+    assert_close(alpha, two_processes[0]["alpha"])

@@ -109,6 +109,9 @@ def main():
     )
     model = Model()
     trainer.fit(model, datamodule=HeldOutSplit(Data(args.batch_size), fraction=0.25), ckpt_path=args.resume)
+    if args.strategy == "ddp_spawn":  # the search ran in spawned processes: this one only has the exported loss
+        Path(args.out, "spawn.json").write_text(json.dumps({"has_loss": autobalance.loss is not None}))
+        return
     metrics = trainer.validate(model, datamodule=Data(args.batch_size), verbose=False)[0]
     record = {
         "world_size": trainer.world_size,
