@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_autobalance.data.split import HeldOutSplit
@@ -30,17 +30,6 @@ __all__ = ["AutoBalance"]
 
 STATE_VERSION = 1
 HyperOptimizerFactory = Callable[[Iterable[Tensor]], Optimizer]
-
-
-class _AutoBalanceForward(nn.Module):
-    """Calls ``module.autobalance_forward`` so :func:`torch.func.functional_call` can substitute its weights."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, batch: Any) -> tuple[Tensor, Tensor, Tensor | None]:
-        return self.module.autobalance_forward(batch)
 
 
 class AutoBalance(Callback):
@@ -160,7 +149,6 @@ class AutoBalance(Callback):
         self.skipped_steps = 0
         self.exported_path: Path | None = None
         self._pending_state: dict[str, Any] | None = None
-        self._forward: _AutoBalanceForward | None = None
         self._last_step = -1
 
     # ------------------------------------------------------------------ set-up
@@ -198,7 +186,6 @@ class AutoBalance(Callback):
         pl_module.autobalance_loss = self.loss
         self.loss = pl_module.autobalance_loss  # moved to the module's device
         self.hyper_optimizer = self.hyper_optimizer_factory(list(self.loss.hparams().values()))
-        self._forward = _AutoBalanceForward(pl_module)
         self._datamodule = datamodule
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
@@ -264,7 +251,7 @@ class AutoBalance(Callback):
         (with autograd) so the objective is the one of the union, and ∇_θ objective, every Hessian-vector product and
         the hypergradient are averaged across processes. The result equals a single process on the same global batches.
         """
-        assert self.loss is not None and self.hyper_optimizer is not None and self._forward is not None
+        assert self.loss is not None and self.hyper_optimizer is not None
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.hyper_steps)
         needs_train = getattr(self.engine, "needs_train_batches", None)
         if needs_train is None or needs_train(pl_module, self.loss):
