@@ -91,8 +91,3 @@ def finish_ddp_job(timeout: float = 600.0) -> None:
             else:
                 os.environ[key] = value
         _saved_environment.clear()
-
-
-def is_worker() -> bool:
-    """Whether this process is a DDP worker started by a launcher (a rank > 0 on its node)."""
-    return os.environ.get("LOCAL_RANK", "0") != "0"
