@@ -5,11 +5,13 @@ CIFAR-shaped inputs and the MNIST-1D CNN — and each configuration, a *separate
 epoch and reports its wall time and peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``):
 
 * ``plain``: weight steps only (batch 128, SGD);
-* ``default`` / ``reference``: the search phase at the reference schedule — a hyper-step every 20 weight steps, each on
-  10 train + 10 held-out batches of 128, α updated by SGD (lr 0.01, momentum 0.9) — with the default engine
-  (last layer, exact solve) or the ``reference`` preset (full-network Hessian, Neumann 5 terms step 1, all graphs held).
+* ``default`` / ``cached`` / ``reference``: the search phase at the reference schedule — a hyper-step every 20 weight
+  steps, each on 10 train + 10 held-out batches of 128, α updated by SGD (lr 0.01, momentum 0.9) — with the default
+  engine (``AutoBalance(engine="default")``: last layer, exact solve, train features computed on the drawn batches),
+  the opt-in ``LastLayer(train_features="cached")`` (train features of the last 10 weight steps: cheaper, not
+  resume-exact) or the ``reference`` preset (full-network Hessian, Neumann 5 terms step 1, all graphs held).
 
-Accuracy: starting from the weights after the plain epoch, 10 more weight steps fill the default engine's cache; then
+Accuracy: starting from the weights after the plain epoch, 10 more weight steps fill the cached variant's cache; then
 the hypergradients of several engines on fresh batch draws are compared (cosine) with a high-accuracy one: full-network
 Hessian, conjugate gradient with many iterations on twice as many batches (a superset of the engines' batches).
 On ResNet-32 this part is reduced to fit the time budget (``--cos-batch``, ``--cos-batches``, ``--accurate-iters``).
@@ -95,7 +97,7 @@ def draw(data, count: int, gen: torch.Generator) -> list[tuple[Tensor, Tensor]]:
 
 
 def engine_for(name: str):
-    return {"default": LastLayer(), "reference": Reference()}[name]
+    return {"default": LastLayer(), "cached": LastLayer(train_features="cached"), "reference": Reference()}[name]
 
 
 def context(model, loss, train, heldout) -> HyperStepContext:
@@ -117,30 +119,45 @@ def run_epoch(model_name: str, config: str, steps: int, state: str | None) -> di
     hyper = torch.optim.SGD(list(loss.hparams().values()), lr=0.01, momentum=0.9)
     gen = torch.Generator().manual_seed(1)
     engine = None if config == "plain" else engine_for(config)
-    hyper_times = []
+    step_times: list[tuple[float, float]] = []  # (wall, CPU) of each weight step
+    hyper_times: list[tuple[float, float]] = []  # (wall, CPU) of each hyper-step
     start = time.perf_counter()
     for step in range(1, steps + 1):
+        t0, c0 = time.perf_counter(), time.process_time()
         idx = torch.randint(len(train[1]), (BATCH,), generator=gen)
         optimizer.zero_grad(set_to_none=True)
         loss(model(train[0][idx]), train[1][idx]).backward()
         optimizer.step()
+        step_times.append((time.perf_counter() - t0, time.process_time() - c0))
         if engine is not None and step % EVERY == 0:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             ctx = context(model, loss, draw(train, HYPER_BATCHES, gen), draw(heldout, HYPER_BATCHES, gen))
             result = engine(ctx)
             for name, param in loss.hparams().items():
                 param.grad = result.grads[name].clone()
             hyper.step()
             hyper.zero_grad(set_to_none=True)
-            hyper_times.append(time.perf_counter() - t0)
+            hyper_times.append((time.perf_counter() - t0, time.process_time() - c0))
     elapsed = time.perf_counter() - start
     if config == "plain" and state:
         torch.save(model.state_dict(), state)
+
+    def median(values: list[float]) -> float:
+        return float(torch.tensor(values).median()) if values else 0.0
+
+    # Load-robust estimate of the search-epoch ratio from this process alone: one hyper-step per EVERY weight steps,
+    # medians of the weight-step and hyper-step times measured side by side (wall and process CPU time).
+    ratios = {}
+    for key, column in (("wall", 0), ("cpu", 1)):
+        step = median([t[column] for t in step_times])
+        hyper_step = median([t[column] for t in hyper_times])
+        ratios[f"in_process_ratio_{key}"] = 1.0 + hyper_step / (EVERY * step) if step else float("nan")
     return {
         "epoch_time": elapsed,
-        "hyper_step_time": sum(hyper_times) / len(hyper_times) if hyper_times else 0.0,
+        "hyper_step_time": sum(t[0] for t in hyper_times) / len(hyper_times) if hyper_times else 0.0,
         "hyper_steps": len(hyper_times),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **ratios,
     }
 
 
@@ -155,7 +172,7 @@ def cosines(model_name: str, state: str, args) -> dict[str, float]:
     model.load_state_dict(torch.load(state))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     gen = torch.Generator().manual_seed(2)
-    cached = LastLayer()
+    cached = LastLayer(train_features="cached")
     cached.needs_train_batches(model, loss)  # attach the cache hooks
     for _ in range(cached.cache_size):  # the weight steps before a hyper-step fill the cache
         idx = torch.randint(len(train[1]), (BATCH,), generator=gen)
@@ -163,8 +180,8 @@ def cosines(model_name: str, state: str, args) -> dict[str, float]:
         loss(model(train[0][idx]), train[1][idx]).backward()
         optimizer.step()
     engines = {
-        "default": cached,
-        "default_fresh": LastLayer(train_features="fresh"),
+        "default": LastLayer(),
+        "default_cached": cached,
         "reference": Reference(),
         "full_cg10": FullNetwork(ConjugateGradient(iters=10, damping=0.1)),
         "gauss_newton_cg10": FullNetwork(ConjugateGradient(iters=10, damping=0.1), curvature="gauss_newton"),
@@ -206,36 +223,56 @@ def launch(args, model: str, config: str, steps: int, **cosine: int) -> dict[str
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def search_compare(seeds: list[int], out: Path) -> None:
-    """Acceptance check: MNIST-1D-LT search + retrain with ``autobalance=fast`` (default engine at the reference
-    schedule) and ``autobalance=reference``, per seed; prints the balanced test error after retraining and run time."""
+def search_compare(seeds: list[int], out: Path, presets: tuple[str, ...] = ("default", "reference")) -> None:
+    """Acceptance check on MNIST-1D-LT: the CLI's search + retrain with ``autobalance=default`` and
+    ``autobalance=reference`` (same seeds, interleaved so machine load hits both alike); prints the AutoBalance balanced
+    test error after retraining, the search model's held-out balanced error and the search phase's wall time."""
+    import lightning.pytorch as pl
     from hydra import compose, initialize_config_dir
 
     from lightning_autobalance import cli
-    from lightning_autobalance.classifier import ImbalancedClassifier
 
-    if not hasattr(ImbalancedClassifier, "autobalance_features"):  # until classifier.py forwards the hook itself
-        ImbalancedClassifier.autobalance_features = lambda self, x: self.net.autobalance_features(x)
-        ImbalancedClassifier.autobalance_head = lambda self: self.net.autobalance_head()
     conf = Path(__file__).resolve().parents[1] / "conf"
+    fit_times: dict[str, float] = {}
+    original_fit = pl.Trainer.fit
+
+    def timed_fit(self: pl.Trainer, *args, **kwargs):  # wall time of each phase's fit, keyed by its logger's name
+        t0 = time.perf_counter()
+        try:
+            return original_fit(self, *args, **kwargs)
+        finally:
+            fit_times[self.logger.name if self.logger else "fit"] = time.perf_counter() - t0
+
+    pl.Trainer.fit = timed_fit  # type: ignore[method-assign]
     rows = []
-    for preset in ("fast", "reference"):
+    try:
         for seed in seeds:
-            with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-                cfg = compose("config", overrides=[f"autobalance={preset}", f"seed={seed}", "phases=[search,retrain]"])
-            start = time.perf_counter()
-            results = cli.run(cfg, out / f"{preset}_{seed}")
-            rows.append((preset, seed, results["AutoBalance"]["balanced_error"], time.perf_counter() - start))
-            print(
-                f"{preset:<10} seed {seed}: balanced test error {100 * rows[-1][2]:.2f}%, {rows[-1][3]:.0f} s",
-                flush=True,
-            )
-    for preset in ("fast", "reference"):
+            for preset in presets:
+                with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+                    overrides = [f"autobalance={preset}", f"seed={seed}", "phases=[search,retrain]"]
+                    cfg = compose("config", overrides=[*overrides, "trainer.enable_progress_bar=false"])
+                fit_times.clear()
+                results = cli.run(cfg, out / f"{preset}_{seed}")
+                search = results["AutoBalance (search model)"]
+                rows.append(
+                    (preset, seed, results["AutoBalance"]["balanced_error"], search["heldout_balanced_error"],
+                     fit_times.get("search", float("nan")))
+                )  # fmt: skip
+                print(
+                    f"{preset:<10} seed {seed}: balanced test error {100 * rows[-1][2]:.2f}%, held-out (search model) "
+                    f"{100 * rows[-1][3]:.2f}%, search phase {rows[-1][4]:.0f} s",
+                    flush=True,
+                )
+    finally:
+        pl.Trainer.fit = original_fit  # type: ignore[method-assign]
+    for preset in presets:
         errors = torch.tensor([r[2] for r in rows if r[0] == preset]) * 100
-        times = [r[3] for r in rows if r[0] == preset]
+        held = torch.tensor([r[3] for r in rows if r[0] == preset]) * 100
+        times = torch.tensor([r[4] for r in rows if r[0] == preset])
         print(
-            f"{preset:<10} balanced test error {errors.mean():.2f} ± {errors.std():.2f}% (mean ± sd over {len(errors)} "
-            f"seeds), search+retrain {sum(times) / len(times):.0f} s per seed"
+            f"{preset:<10} balanced test error {errors.mean():.2f} ± {errors.std():.2f}%, held-out {held.mean():.2f} ± "
+            f"{held.std():.2f}% (mean ± sd over {len(errors)} seeds); search phase {times.mean():.0f} ± "
+            f"{times.std():.0f} s"
         )
 
 
@@ -255,11 +292,12 @@ def main() -> None:
     parser.add_argument("--resnet-cosine", default="32,4,10,1", help="ResNet cosine: batch,batches,CG iters,draws")
     parser.add_argument("--state", default="", help=argparse.SUPPRESS)
     parser.add_argument("--search-seeds", default="", help="e.g. 0,1,2: run the MNIST-1D-LT search comparison instead")
+    parser.add_argument("--search-presets", default="default,reference", help="autobalance configs compared")
     args = parser.parse_args()
     if args.search_seeds:
         torch.set_num_threads(args.threads)
         out = Path(tempfile.mkdtemp(prefix="hyperstep_search_"))
-        search_compare([int(s) for s in args.search_seeds.split(",")], out)
+        search_compare([int(s) for s in args.search_seeds.split(",")], out, tuple(args.search_presets.split(",")))
         return
     if args.child:
         child(args)
@@ -273,6 +311,7 @@ def main() -> None:
         args.state = str(Path(tempfile.gettempdir()) / f"hyperstep_bench_{model}_{os.getpid()}.pt")
         plain = launch(args, model, "plain", args.steps)
         default = launch(args, model, "default", args.steps)
+        cached = launch(args, model, "cached", args.steps)
         ref_steps = args.reference_steps if model == "resnet32" else args.steps
         reference = launch(args, model, "reference", ref_steps)
         per_step = plain["epoch_time"] / args.steps
@@ -289,15 +328,21 @@ def main() -> None:
             args, model, "cosine", args.steps, cos_batch=batch, cos_batches=batches, accurate_iters=iters, draws=draws
         )
         print(f"\n## {model}")
-        print(f"{'config':<12}{'epoch s':>10}{'x plain':>9}{'hyper-step s':>14}{'peak RSS MB':>13}{'x plain':>9}")
+        print(
+            f"{'config':<12}{'epoch s':>10}{'x plain':>9}{'hyper-step s':>14}{'peak RSS MB':>13}{'x plain':>9}"
+            f"{'in-process x plain (wall, CPU)':>32}"
+        )
         for name, row, epoch in (
             ("plain", plain, plain["epoch_time"]),
             ("default", default, default["epoch_time"]),
+            ("cached", cached, cached["epoch_time"]),
             ("reference", reference, reference_epoch),
         ):
+            in_process = f"{row['in_process_ratio_wall']:>22.2f}, {row['in_process_ratio_cpu']:.2f}"
             print(
                 f"{name:<12}{epoch:>10.1f}{epoch / plain['epoch_time']:>9.2f}{row['hyper_step_time']:>14.2f}"
                 f"{row['peak_rss_mb']:>13.0f}{row['peak_rss_mb'] / plain['peak_rss_mb']:>9.2f}"
+                + ("" if name == "plain" else in_process)
                 + (note if name == "reference" else "")
             )
         print(
@@ -306,6 +351,12 @@ def main() -> None:
         )
         for name, value in cos.items():
             print(f"  {name:<20}{value:>8.3f}")
+        print(
+            f"acceptance: default epoch {default['epoch_time'] / plain['epoch_time']:.2f}x plain (in-process "
+            f"{default['in_process_ratio_wall']:.2f} wall, {default['in_process_ratio_cpu']:.2f} CPU; target <= 1.5), "
+            f"peak RSS {default['peak_rss_mb'] / plain['peak_rss_mb']:.2f}x plain (target <= 1.3), cosine "
+            f"{cos['default']:.3f} vs reference {cos['reference']:.3f} (target >=)"
+        )
         print(
             f"ratios: default/reference epoch {default['epoch_time'] / reference_epoch:.3f}, hyper-step "
             f"{default['hyper_step_time'] / reference['hyper_step_time']:.4f}, peak RSS "

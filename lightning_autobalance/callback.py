@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,8 @@ class AutoBalance(Callback):
 
     Args:
         preset: initial loss, one of ``ce``, ``weighted``, ``la``, ``cdt``, ``vs`` (ignored if ``loss`` is given).
-        learn: which kinds to tune: any of ``"delta"``, ``"iota"``, ``"omega"``.
+        learn: which kinds to tune: any of ``"delta"``, ``"iota"``, ``"omega"`` and the personalized augmentation
+            strengths ``"noise"``, ``"mix"`` (see :class:`ParametricCrossEntropy`).
         tau: τ of the ``la`` / ``vs`` presets.
         gamma: γ of the ``cdt`` / ``vs`` presets.
         block_size: classes (sorted by frequency) that share one parameter.
@@ -62,14 +65,15 @@ class AutoBalance(Callback):
         batch_size: batch size of the hyper-step batches (default: the training loader's).
         hyper_optimizer: factory ``params -> Optimizer`` (default SGD with ``hyper_lr`` and momentum 0.9).
         hyper_lr: learning rate of the default hyper-optimizer.
-        engine: how a hyper-step computes the hypergradient (:mod:`lightning_autobalance.hyperstep`). The default is
-            ``"full"`` — the engine whose DDP exactness and bit-identical resume are tested; ``"last_layer"`` (also
-            ``"default"`` in :func:`make_engine`, far cheaper, to become the default once those guarantees are tested
-            for it: the inverse restricted to the last layer, an exact small solve over features computed
-            without a graph through the body; needs ``autobalance_features(x)`` / ``autobalance_head()`` on the module
-            and falls back to ``"full"`` with a one-time warning), ``"full"`` (all weights, streamed batches, JVP mixed
-            term, Hessian curvature), ``"gauss_newton"`` (the same with the Gauss-Newton product), ``"reference"``
-            (the reference procedure: full Hessian, Neumann 5 terms step 1, all graphs held), or an engine object.
+        engine: how a hyper-step computes the hypergradient (:mod:`lightning_autobalance.hyperstep`):
+            ``"default"`` (= ``"last_layer"``: the inverse restricted to the last layer, an exact small solve over
+            features of the drawn hyper-batches computed without a graph through the body — about one no-grad forward
+            pass per hyper-batch; DDP-exact and resume-exact like ``"full"``; needs ``autobalance_features(x)`` /
+            ``autobalance_head()`` on the module and falls back to ``"full"`` with a one-time warning),
+            ``"full"`` (all weights, streamed batches, JVP mixed term, Hessian curvature), ``"gauss_newton"`` (the
+            same with the Gauss-Newton product), ``"reference"`` (the reference procedure: full Hessian, Neumann 5
+            terms step 1, all graphs held), or an engine object (e.g. ``LastLayer(train_features="cached")``, cheaper
+            but not resume-exact).
         solver: how H⁻¹ is applied inside the engine (default: the engine's own — ``Exact(damping=0.1)`` on the
             head, ``ConjugateGradient(iters=10, damping=0.1)`` for ``full``, ``Neumann(terms=5, alpha=1.0)`` for
             ``reference``).
@@ -77,6 +81,17 @@ class AutoBalance(Callback):
         seed: seed of the hyper-step batch draws.
         check_sync: under DDP, verify after every hyper-step that α is identical on all processes (two tiny
             all-reduces).
+        max_hypergrad_norm: clip the Euclidean norm of the (flattened) hypergradient to this value before the
+            hyper-optimizer step (default None: no clipping). ``autobalance/hypergrad_norm`` logs the norm before
+            clipping and ``autobalance/clipped_steps`` counts the clipped steps.
+        bounds: box constraints on the learned values, ``{kind: (low, high)}`` in the units of Δ, ι, ω, σ, m (what
+            ``autobalance/<kind>/c<k>`` logs), e.g. ``{"iota": (-5.0, 5.0), "omega": (0.1, 10.0)}``; after every
+            hyper-step the values are projected into the box. Each kind must be learned; Δ, ω, σ, m are positive, so
+            their ``low`` must be ≥ 0. Default None: unbounded (Δ stays below ``delta_max`` by its parameterisation).
+
+    A hyper-step is skipped with a warning (and counted in ``autobalance/skipped_steps``) when the hypergradient is
+    not finite, or when the hyper-optimizer step makes α non-finite: α and the hyper-optimizer state are then restored
+    to their values before the step.
 
     Example:
         >>> callback = AutoBalance(preset="la", learn=("delta", "iota"), warmup_epochs=2, every_n_steps=20)
@@ -104,20 +119,25 @@ class AutoBalance(Callback):
         batch_size: int | None = None,
         hyper_optimizer: HyperOptimizerFactory | None = None,
         hyper_lr: float = 0.01,
-        engine: str | HyperStepEngine = "full",
+        engine: str | HyperStepEngine = "default",
         solver: LinearSolver | None = None,
         export_path: str | os.PathLike[str] | None = None,
         seed: int = 0,
         check_sync: bool = True,
+        max_hypergrad_norm: float | None = None,
+        bounds: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         if loss is None and preset not in PRESETS:
             raise ValueError(f"Unknown loss preset {preset!r}: choose one of {', '.join(PRESETS)}.")
-        learn = tuple(learn)
+        learn = (learn,) if isinstance(learn, str) else tuple(learn)  # a single name is accepted
         if loss is None and (not learn or set(learn) - set(HPARAM_KINDS)):
             raise ValueError(f"learn must name at least one of {', '.join(HPARAM_KINDS)}, got {list(learn)}.")
         if loss is not None and not loss.learnable:
-            raise ValueError("The loss passed to AutoBalance has nothing learnable: build it with learnable=[...].")
+            raise ValueError(
+                "The loss passed to AutoBalance has nothing learnable (learnable=()): build it with learnable=[...], "
+                "e.g. ParametricCrossEntropy(num_classes, learnable=['delta', 'iota'])."
+            )
         for name, value, minimum in (
             ("warmup_epochs", warmup_epochs, 0),
             ("every_n_steps", every_n_steps, 1),
@@ -127,10 +147,48 @@ class AutoBalance(Callback):
         ):
             if not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}.")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be ≥ 1 or None, got {batch_size}.")
-        if not hyper_lr > 0:
-            raise ValueError(f"hyper_lr must be positive, got {hyper_lr}.")
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise ValueError(
+                f"batch_size must be an integer ≥ 1, or None for the training loader's, got {batch_size!r}."
+            )
+        if isinstance(hyper_lr, bool) or not isinstance(hyper_lr, (int, float)) or not 0 < hyper_lr < math.inf:
+            raise ValueError(f"hyper_lr must be a positive number, got {hyper_lr!r}: e.g. hyper_lr=0.01.")
+        if max_hypergrad_norm is not None and (
+            isinstance(max_hypergrad_norm, bool)
+            or not isinstance(max_hypergrad_norm, (int, float))
+            or not 0 < max_hypergrad_norm < math.inf
+        ):
+            raise ValueError(
+                f"max_hypergrad_norm must be a finite positive number (e.g. 1.0) or None for no clipping, got "
+                f"{max_hypergrad_norm!r}."
+            )
+        learned = loss.learnable if loss is not None else learn
+        if bounds is not None and not isinstance(bounds, Mapping):
+            raise TypeError(f"bounds must be a dict {{kind: (low, high)}} such as {{'iota': (-5, 5)}}, got {bounds!r}.")
+        for kind, pair in (bounds or {}).items():
+            if kind not in learned:
+                raise ValueError(
+                    f"bounds names {kind!r}, which this AutoBalance does not learn (learn={list(learned)}): use one of "
+                    f"{', '.join(map(repr, learned))} or add {kind!r} to learn."
+                )
+            if (
+                not isinstance(pair, Sequence)
+                or isinstance(pair, str)
+                or len(pair) != 2
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) for v in pair)
+                or not pair[0] < pair[1]
+            ):
+                raise ValueError(
+                    f"bounds[{kind!r}] must be a pair (low, high) of numbers with low < high (±inf allowed), got "
+                    f"{pair!r}: e.g. bounds={{{kind!r}: (-5.0, 5.0)}}."
+                )
+            if kind != "iota" and pair[0] < 0:
+                raise ValueError(
+                    f"bounds[{kind!r}] = {tuple(pair)!r} has a negative low, but {kind} is positive: use a low ≥ 0 "
+                    f"(0 for no lower bound), e.g. (0, {pair[1]})."
+                )
         self.preset, self.learn, self.tau, self.gamma = preset, learn, tau, gamma
         self.block_size, self.delta_parameterization, self.initial_loss = block_size, delta_parameterization, loss
         self.objective = get_objective(objective)
@@ -142,11 +200,14 @@ class AutoBalance(Callback):
         self.export_path = None if export_path is None else Path(export_path)
         self.seed = seed
         self.check_sync = check_sync
+        self.max_hypergrad_norm = None if max_hypergrad_norm is None else float(max_hypergrad_norm)
+        self.bounds = {k: (float(lo), float(hi)) for k, (lo, hi) in (bounds or {}).items()}
 
         self.loss: ParametricCrossEntropy | None = None
         self.hyper_optimizer: Optimizer | None = None
         self.hyper_steps = 0
         self.skipped_steps = 0
+        self.clipped_steps = 0
         self.exported_path: Path | None = None
         self._pending_state: dict[str, Any] | None = None
         self._last_step = -1
@@ -183,6 +244,8 @@ class AutoBalance(Callback):
             )
         if self.loss is None:
             self.loss = self._build_loss(datamodule)
+            if hasattr(self.loss, "augmentation_seed"):
+                self.loss.augmentation_seed = self.seed  # training-time augmentation draws follow the run's seed
         pl_module.autobalance_loss = self.loss
         self.loss = pl_module.autobalance_loss  # moved to the module's device
         self.hyper_optimizer = self.hyper_optimizer_factory(list(self.loss.hparams().values()))
@@ -245,11 +308,16 @@ class AutoBalance(Callback):
         ], len(chunks)
 
     def hyper_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
-        """One hyper-step; returns whether α was updated (False when the hypergradient was not finite).
+        """One hyper-step; returns whether α was updated.
 
         Under DDP every process computes on its share of the global hyper-batches; held-out logits are gathered
         (with autograd) so the objective is the one of the union, and ∇_θ objective, every Hessian-vector product and
         the hypergradient are averaged across processes. The result equals a single process on the same global batches.
+
+        The step is skipped (False; warned about and counted in ``skipped_steps``) when the hypergradient is not
+        finite, or when the hyper-optimizer step makes α non-finite (α and the optimizer state are then restored). The
+        hypergradient and α are identical on every process, so every process takes the same decision. Otherwise the
+        hypergradient is clipped to ``max_hypergrad_norm`` and α projected into ``bounds`` (when configured).
         """
         assert self.loss is not None and self.hyper_optimizer is not None
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.hyper_steps)
@@ -278,7 +346,11 @@ class AutoBalance(Callback):
             reduce=average,
             gather=gather_across_processes if world > 1 else None,
         )
-        with torch.inference_mode(False), torch.enable_grad():
+        # the personalized augmentation draws the same noise / partners every time the engine evaluates a batch
+        loss_module.train(pl_module.training)  # the inner loss is the training loss (augmentation on)
+        fixed = getattr(loss_module, "fixed_augmentation", None)
+        draws = nullcontext() if fixed is None else fixed(seed=self.seed * 1_000_003 + self.hyper_steps)
+        with torch.inference_mode(False), torch.enable_grad(), draws:
             result = self.engine(context)
         names = list(result.grads)
         flat = torch.cat([result.grads[n].reshape(-1) for n in names])
@@ -291,23 +363,56 @@ class AutoBalance(Callback):
             )
             self._log(trainer, {"autobalance/skipped_steps": float(self.skipped_steps)})
             return False
+        grad_norm = flat.norm()  # logged before clipping
+        if self.max_hypergrad_norm is not None and grad_norm > self.max_hypergrad_norm:
+            flat = flat * (self.max_hypergrad_norm / grad_norm)
+            self.clipped_steps += 1
         hparams = loss_module.hparams()
         offset = 0
         for name in names:
             param = hparams[name]
             param.grad = flat[offset : offset + param.numel()].view_as(param).clone()
             offset += param.numel()
+        # α and the optimizer state before the step, to undo a step that makes α non-finite (α is small)
+        previous = {name: param.detach().clone() for name, param in hparams.items()}
+        previous_state = copy.deepcopy(self.hyper_optimizer.state_dict())
         self.hyper_optimizer.step()
         self.hyper_optimizer.zero_grad(set_to_none=True)
+        # finite before, non-finite after (a raw -inf is an augmentation that is off, not a fault)
+        broken = [n for n, p in hparams.items() if (torch.isfinite(previous[n]) & ~torch.isfinite(p.detach())).any()]
+        if broken:
+            with torch.no_grad():
+                for name, param in hparams.items():
+                    param.copy_(previous[name])
+            self.hyper_optimizer.load_state_dict(previous_state)
+            self.skipped_steps += 1
+            rank_zero_warn(
+                f"AutoBalance: the hyper-optimizer step made {', '.join(broken)} non-finite at step "
+                f"{trainer.global_step}; α and the hyper-optimizer state were restored and the hyper-step skipped "
+                f"({self.skipped_steps} so far). Lower the hyper-optimizer's lr, or set max_hypergrad_norm / bounds."
+            )
+            self._log(trainer, {"autobalance/skipped_steps": float(self.skipped_steps)})
+            return False
+        if self.bounds:
+            with torch.no_grad():
+                for kind, (low, high) in self.bounds.items():
+                    param = hparams[f"raw_{kind}"]
+                    # the box in raw units: values clipped to the parameterisation's range, mapped by its inverse
+                    ends = torch.tensor([low, high], dtype=torch.float64)
+                    span = loss_module._from_raw(kind, torch.tensor([-math.inf, math.inf], dtype=torch.float64))
+                    raw = loss_module._to_raw(kind, torch.maximum(torch.minimum(ends, span[1]), span[0]))
+                    param.clamp_(min=float(raw[0]), max=float(raw[1]))
         self.hyper_steps += 1
         if self.check_sync and world > 1:
             self._check_identical_across_processes(trainer)
         metrics = {
             "autobalance/objective": float(outer_value),
-            "autobalance/hypergrad_norm": float(flat.norm()),
+            "autobalance/hypergrad_norm": float(grad_norm),
             "autobalance/hyper_steps": float(self.hyper_steps),
             "autobalance/skipped_steps": float(self.skipped_steps),
         }
+        if self.max_hypergrad_norm is not None:
+            metrics["autobalance/clipped_steps"] = float(self.clipped_steps)
         metrics.update(self.current_values())
         self._log(trainer, metrics)
         return True
@@ -372,6 +477,7 @@ class AutoBalance(Callback):
             "hyper_optimizer": self.hyper_optimizer.state_dict(),
             "hyper_steps": self.hyper_steps,
             "skipped_steps": self.skipped_steps,
+            "clipped_steps": self.clipped_steps,
             "last_step": self._last_step,
         }
 
@@ -402,6 +508,7 @@ class AutoBalance(Callback):
         self.hyper_optimizer.load_state_dict(state["hyper_optimizer"])
         self.hyper_steps = int(state["hyper_steps"])
         self.skipped_steps = int(state["skipped_steps"])
+        self.clipped_steps = int(state.get("clipped_steps", 0))  # absent in checkpoints of earlier versions
         self._last_step = int(state.get("last_step", -1))
 
 

@@ -47,6 +47,7 @@ from lightning_autobalance.metrics import (
 __all__ = ["main", "run"]
 
 PHASES = ("baseline", "search", "retrain")
+KIND_SYMBOLS = {"delta": "Δ", "iota": "ι", "omega": "ω", "noise": "σ (noise)", "mix": "m (mix)"}
 
 
 @torch.no_grad()
@@ -125,10 +126,16 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def shows(loss: ParametricCrossEntropy, kind: str) -> bool:
+    """Whether the report lists ``kind``: Δ and ι always; ω when not all 1; σ and m when the augmentation is on."""
+    values = getattr(loss, kind)().detach()
+    return bool((values != (1.0 if kind == "omega" else 0.0)).any())
+
+
 def format_loss(loss: ParametricCrossEntropy) -> str:
-    """Markdown table of the learned per-class Δ, ι (and ω when learned)."""
-    kinds = [k for k in ("delta", "iota", "omega") if k in loss.learnable] or ["delta", "iota"]
-    header = "| class | " + " | ".join({"delta": "Δ", "iota": "ι", "omega": "ω"}[k] for k in kinds) + " |"
+    """Markdown table of the learned per-class Δ, ι (and ω, augmentation σ and m when learned)."""
+    kinds = ["delta", "iota"] + [k for k in ("omega", "noise", "mix") if shows(loss, k)]
+    header = "| class | " + " | ".join(KIND_SYMBOLS[k] for k in kinds) + " |"
     lines = [header, "|---:|" + "---:|" * len(kinds)]
     tables = {k: getattr(loss, k)()[0].detach().cpu().tolist() for k in kinds}
     for c in range(loss.num_classes):

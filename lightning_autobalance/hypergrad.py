@@ -416,6 +416,30 @@ class _HeadHVP:
         return self._dense
 
 
+class _DenseHeadHVP:
+    """The head's Hessian formed column by column (losses whose samples are coupled, e.g. by mixing)."""
+
+    def __init__(self, matrix: Tensor, average: Callable[[Vectors], Vectors]):
+        (self.dense,) = average((matrix,))
+
+    def __call__(self, vectors: Vectors) -> Vectors:
+        (matrix,) = vectors
+        return ((self.dense @ matrix.reshape(-1)).view_as(matrix),)
+
+
+def _coupled_head_hessian(phi: Tensor, z: Tensor, grad_z: Tensor, k: int) -> Tensor:
+    """``Σ_ij (φ̃_i ⊗ e_a)ᵀ H_z[i, a; j, c] (φ̃_j ⊗ e_c)`` for a batch loss whose logit Hessian couples samples.
+
+    One batched backward through the loss (``is_grads_batched``): the logit direction of every head coordinate
+    (c, e) is ``φ̃[:, e] e_cᵀ``; ``H_z`` applied to it and contracted with φ̃ gives that column of the head Hessian.
+    """
+    width = phi.shape[1]
+    basis = torch.eye(k * width, dtype=phi.dtype, device=phi.device).view(k * width, k, width)
+    directions = torch.einsum("jcd,bd->jbc", basis, phi)  # (kd, B, K)
+    (curved,) = torch.autograd.grad(grad_z, z, grad_outputs=directions, retain_graph=True, is_grads_batched=True)
+    return torch.einsum("jba,be->jae", curved, phi).reshape(k * width, k * width)
+
+
 def _loss_gradient(loss: LogitLoss, logits: Tensor, targets: Tensor, groups: Tensor | None, alpha: dict[str, Tensor]):
     """``(z_leaf, ∇_z loss)`` with the graph kept (to α and z) for second derivatives through the loss only."""
     z = _full_precision(logits.detach()).requires_grad_(True)
@@ -571,6 +595,7 @@ def last_layer_hypergradient(
     *,
     train_weight: float | None = None,
     reduce: Callable[[Tensor], Tensor] | None = None,
+    coupled: bool = False,
 ) -> HypergradientResult:
     """Hypergradient with θ restricted to a linear head ``z = φ Wᵀ + b`` over fixed features φ.
 
@@ -589,6 +614,9 @@ def last_layer_hypergradient(
         solver: applied to the small system (an ``hvp`` carrying ``.dense`` for :class:`Exact`).
         train_weight: weight of each batch's loss in ``inner`` (default ``1 / len(train)``).
         reduce: cross-process mean of ∇ outer, of the dense Hessian and of the result.
+        coupled: the loss of one sample depends on other samples' logits (personalized mixing): the head Hessian is
+            then formed from full logit-Hessian products of each batch (one batched backward per batch, memory
+            ``K·(d+1)·B·K``) instead of per-sample K×K blocks.
 
     Returns:
         The hypergradient (see :func:`hypergradient`).
@@ -618,17 +646,23 @@ def last_layer_hypergradient(
 
     parts, cached = [], []
     inner_value = head.new_zeros(())
+    coupled_hessian: Tensor | None = None
     for features, targets, groups in train:
         phi = augment(features)
         z, g = _loss_gradient(loss, phi @ head.T, targets, groups, alpha)
         with torch.no_grad():
             inner_value = inner_value + loss(z, targets, groups, alpha) * scale
-        blocks = torch.stack(
-            [torch.autograd.grad(g[:, c].sum(), z, retain_graph=True)[0] for c in range(k)], dim=2
-        )  # (B, K, K): blocks[i, a, c] = ∂²ℓ/∂z_a∂z_c of sample i
-        parts.append((phi, blocks.detach()))
+        if coupled:
+            batch_hessian = _coupled_head_hessian(phi, z, g, k).detach() * scale
+            coupled_hessian = batch_hessian if coupled_hessian is None else coupled_hessian + batch_hessian
+        else:
+            blocks = torch.stack(
+                [torch.autograd.grad(g[:, c].sum(), z, retain_graph=True)[0] for c in range(k)], dim=2
+            )  # (B, K, K): blocks[i, a, c] = ∂²ℓ/∂z_a∂z_c of sample i
+            parts.append((phi, blocks.detach()))
         cached.append((phi, g))
-    (solution,) = solver(_HeadHVP(parts, scale, average), (v,))
+    operator = _HeadHVP(parts, scale, average) if coupled_hessian is None else _DenseHeadHVP(coupled_hessian, average)
+    (solution,) = solver(operator, (v,))
     mixed = tuple(torch.zeros_like(a) for a in alpha.values())
     for phi, g in cached:
         direction = phi @ solution.T

@@ -5,13 +5,15 @@ this process's share of the hyper-batches and the cross-process collectives) tha
 :class:`~lightning_autobalance.hypergrad.HypergradientResult`. Three engines, selected by name with
 :func:`make_engine` (``AutoBalance(engine=...)``) or passed as objects:
 
-* ``"default"`` / ``"last_layer"`` — :class:`LastLayer`: θ restricted to the last layer. Held-out features are
-  computed without a graph through the body; train-side features are the head inputs of the last weight steps
-  (cached by hooks; or fresh forward passes); the head's small Hessian is formed exactly, averaged across processes
-  and solved densely (:class:`~lightning_autobalance.hypergrad.Exact`; matrix-free CG to tolerance above 2048 head
-  weights). A hyper-step costs one forward pass per held-out batch plus small linear algebra. Needs the feature hook
-  (``module.autobalance_features(x) -> (B, d)`` and ``module.autobalance_head() -> nn.Linear``); without it the
-  engine warns once and falls back to :class:`FullNetwork`.
+* ``"default"`` / ``"last_layer"`` — :class:`LastLayer`: θ restricted to the last layer. Train and held-out features
+  are computed without a graph through the body on the hyper-batches the callback draws (stateless, so a resumed run
+  and a DDP run reproduce the single uninterrupted process); the head's small Hessian is formed exactly, averaged
+  across processes and solved densely (:class:`~lightning_autobalance.hypergrad.Exact`; matrix-free CG to tolerance
+  above 2048 head weights). A hyper-step costs one no-grad forward pass per hyper-batch plus small linear algebra.
+  Needs the feature hook (``module.autobalance_features(x) -> (B, d)`` and ``module.autobalance_head() ->
+  nn.Linear``); without it the engine warns once and falls back to :class:`FullNetwork`. Opt-in
+  ``LastLayer(train_features="cached")`` reuses the features of the last weight steps instead (cheaper, but neither
+  resume-exact nor equal to one process under DDP).
 * ``"full"`` / ``"gauss_newton"`` — :class:`FullNetwork`: every weight, batches streamed one graph at a time, the mixed
   term by a Jacobian-vector product of the logits, curvature the Hessian or the Gauss-Newton product.
 * ``"reference"`` — :class:`Reference`: the reference procedure (full-network Hessian by double backward, all
@@ -227,28 +229,35 @@ def has_feature_hook(module: nn.Module) -> bool:
 class LastLayer:
     """θ restricted to the last layer, solved exactly over fixed features (the default engine).
 
-    The hypergradient treats the body as fixed: held-out features come from forward passes without a graph (under
-    ``autocast`` if given), the head's exact Hessian is averaged across processes and solved.
+    The hypergradient treats the body as fixed: features come from forward passes without a graph (under ``autocast``
+    if given; on clones of the buffers, in the module's current mode), the head's exact Hessian is averaged across
+    processes and solved.
 
-    Train-side features: ``"fresh"`` computes them on the drawn train hyper-batches (one forward pass each);
-    ``"cached"`` (default) reuses the head inputs and targets of the last ``cache_size`` *weight steps* (captured by
-    hooks on the head and on the loss; stale by at most ``cache_size`` steps, and free), falling back to fresh draws
-    until the cache is full. Under DDP each process caches its own training batches, so the cached inner objective is
-    the mean over all processes' recent batches (not the single-process one, whose batches differ anyway).
+    Train-side features:
+
+    * ``"fresh"`` (default): computed on the train hyper-batches the callback draws (one no-grad forward pass each).
+      The engine keeps no state: the draws are seeded by (seed, hyper-step) and the weights are in the checkpoint, so a
+      resumed run repeats the uninterrupted one bit for bit, and under DDP (batches dealt whole to the processes,
+      Hessians averaged) α equals the single process's on the same global batches.
+    * ``"cached"`` (opt-in): the head inputs and targets of the last ``cache_size`` *weight steps* (captured by hooks on
+      the head and on the loss; stale by at most ``cache_size`` steps, and free), with fresh draws until the cache is
+      full. **Not resume-exact** (the cache is not checkpointed: a resumed run refills it with fresh draws) and, under
+      DDP, the inner objective is the mean over each process's own recent batches (with per-process BatchNorm
+      statistics), so α differs from a single-process run.
 
     Args:
         solver: applied to the head's system (default :class:`Exact` with damping 0.1: ``‖(H + 0.1·I)⁻¹‖ ≤ 10``, the
             scale of the reference Neumann series, so hyper-learning rates carry over).
         fallback: engine used when the module has no feature hook (warned about once).
         autocast: e.g. ``torch.bfloat16`` for the feature forward passes.
-        train_features: ``"cached"`` or ``"fresh"``.
-        cache_size: weight steps kept by the cache (the reference schedule's 10 train batches).
+        train_features: ``"fresh"`` (default) or ``"cached"``.
+        cache_size: weight steps kept by the cache (``"cached"`` only; the reference schedule's 10 train batches).
     """
 
     solver: LinearSolver = field(default_factory=lambda: Exact(damping=0.1))
     fallback: HyperStepEngine = field(default_factory=FullNetwork)
     autocast: torch.dtype | None = None
-    train_features: Literal["cached", "fresh"] = "cached"
+    train_features: Literal["fresh", "cached"] = "fresh"
     cache_size: int = 10
     _state: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -359,6 +368,7 @@ class LastLayer:
             self.solver,
             train_weight=train_weight,
             reduce=context.reduce,
+            coupled=bool(getattr(context.loss, "couples_samples", False)),
         )
 
 

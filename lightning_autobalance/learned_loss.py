@@ -1,7 +1,9 @@
 """Export and import of a learned loss as a small, versioned YAML file.
 
 The file stores the raw parameters (exact float32 values, so a round trip reproduces the loss bit for bit) and, for
-people reading it, the per-class Δ, ι and ω they produce. It is written atomically (temporary file + rename) and read
+people reading it, the per-class Δ, ι, ω and the personalized-augmentation strengths σ (noise) and m (mix) they
+produce (a raw value of ``-.inf`` is an augmentation that is off). Format version 2 added σ and m; version-1 files
+(Δ, ι, ω only) still load, with the augmentation off. It is written atomically (temporary file + rename) and read
 with :func:`yaml.safe_load`, so loading never executes code.
 
 Example:
@@ -16,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -25,12 +28,13 @@ from typing import Any
 import torch
 import yaml
 
-from lightning_autobalance.losses import HPARAM_KINDS, ParametricCrossEntropy
+from lightning_autobalance.losses import AUGMENTATION_KINDS, HPARAM_KINDS, ParametricCrossEntropy
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "LearnedLossError", "load_loss", "loss_to_dict", "save_loss"]
 
 FORMAT = "lightning-autobalance/learned-loss"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: Δ, ι, ω only (no personalized augmentation)
 
 
 class LearnedLossError(ValueError):
@@ -106,7 +110,7 @@ def load_loss(
 ) -> ParametricCrossEntropy:
     """Read a learned loss written by :func:`save_loss`.
 
-    The file records everything that defines the loss: the raw parameters of Δ, ι and ω (shape (G, blocks)), the
+    The file records everything that defines the loss: the raw parameters of Δ, ι, ω, σ and m (shape (G, blocks)), the
     block of every class, the number of groups and classes, the Δ parameterisation and ``delta_max``, and which kinds
     were learnable (informative: the loaded loss is frozen unless ``learnable`` says otherwise).
 
@@ -131,15 +135,20 @@ def load_loss(
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LearnedLossError(f"No learned-loss file at {path}: run the search phase first or fix the path.") from None
+    except yaml.constructor.ConstructorError as error:  # e.g. a !!python/object tag: refused, never constructed
+        raise LearnedLossError(
+            f"{path} is not valid YAML for a learned loss: it holds a tag that safe loading refuses ({error.problem}); "
+            "a learned-loss file is plain data, so it was not loaded: re-export it with save_loss, or remove the tag."
+        ) from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise LearnedLossError(f"{path} is not valid YAML (truncated or corrupted?): {error}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise LearnedLossError(f"{path} is not a lightning-autobalance learned-loss file (expected format: {FORMAT}).")
     version = data.get("version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise LearnedLossError(
-            f"{path} has learned-loss format version {version!r}; this lightning-autobalance reads version "
-            f"{FORMAT_VERSION}: re-export it with a matching version of the package."
+            f"{path} has learned-loss format version {version!r}; this lightning-autobalance reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: re-export it with a matching version of the package."
         )
     file_classes = _require(data, "num_classes", int, path)
     file_groups = _require(data, "num_groups", int, path)
@@ -164,14 +173,24 @@ def load_loss(
         with torch.no_grad():
             for kind in HPARAM_KINDS:
                 target = getattr(loss, f"raw_{kind}")
+                if version == 1 and kind in AUGMENTATION_KINDS:
+                    continue  # not in version 1: the augmentation stays off
+                if kind not in raw:
+                    raise LearnedLossError(f"{path}: the learned-loss file has no raw {kind}; it may be truncated.")
                 values = torch.tensor(raw[kind], dtype=target.dtype)
                 if values.shape != target.shape:
                     raise LearnedLossError(
                         f"{path}: raw {kind} has shape {tuple(values.shape)}, expected {tuple(target.shape)} for "
                         f"{file_groups} group(s) and {loss.num_blocks} block(s)."
                     )
-                if not torch.isfinite(values).all():
+                off = values == -math.inf if kind in AUGMENTATION_KINDS else torch.zeros_like(values, dtype=torch.bool)
+                if not torch.isfinite(values[~off]).all():
                     raise LearnedLossError(f"{path}: raw {kind} contains non-finite values.")
+                if kind in loss.learnable and off.any():
+                    raise LearnedLossError(
+                        f"{path}: {kind} is off (0) in this file, so it cannot be made learnable: drop {kind!r} "
+                        "from learnable or start from a loss with a positive initial value."
+                    )
                 target.copy_(values)
     except LearnedLossError:
         raise

@@ -8,6 +8,22 @@ For a sample ``(x, y, g)`` with logits ``f(x)`` the loss is (PAPERS.md §1)::
 * ``ι`` (iota) — additive logit shift;
 * ``ω`` (omega) — loss weight, kept positive.
 
+**Personalized augmentation** (PAPERS.md §1, the paper's class-personalized augmentation). Two more per (group,
+class) hyperparameters act on the logits of *training* samples before Δ and ι (only while the loss is in training
+mode; they are 0, i.e. off, unless set or learned)::
+
+    f̃_i = (1 − m[g_i, y_i]) · f(x_i) + m[g_i, y_i] · f(x_π(i)) + σ[g_i, y_i] · ε_i,   ε_i ~ N(0, I_K)
+
+* ``σ`` (noise) — scale of additive Gaussian noise on the logits, the output features of the network;
+* ``m`` (mix) — mixing strength in [0, ½): each sample's logits are mixed with those of a random partner π(i) of
+  the batch, keeping the sample's own label (for a linear head this is mixup of the penultimate features).
+
+Both are augmentations of the sample's neighbourhood whose size depends on its class: training to classify every
+point within a class-dependent radius of x correctly is what a class-dependent margin asks for, so a larger σ or m for
+a class acts like a larger margin for it (the paper's equivalence between personalized augmentation radius and
+per-class margin). They are differentiable in σ and m, so the same hypergradient tunes them
+(``learnable=["noise", "mix"]``).
+
 Hand-tuned losses of the literature are members of the family and are available as presets
 (:meth:`ParametricCrossEntropy.from_preset`, :func:`make_loss` for Hydra); AutoBalance starts from one of them and
 tunes the learnable parameters by hypergradient descent. Common baselines *outside* the family (LDAM, focal loss) are
@@ -19,7 +35,8 @@ This module is pure PyTorch (no Lightning).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
@@ -28,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "AUGMENTATION_KINDS",
     "HPARAM_KINDS",
     "PRESETS",
     "ParametricCrossEntropy",
@@ -38,7 +56,11 @@ __all__ = [
     "preset_values",
 ]
 
-HPARAM_KINDS: tuple[str, ...] = ("delta", "iota", "omega")
+HPARAM_KINDS: tuple[str, ...] = ("delta", "iota", "omega", "noise", "mix")
+AUGMENTATION_KINDS: tuple[str, ...] = ("noise", "mix")
+MIX_MAX = 0.5
+#: initial σ and m of an augmentation kind that is learnable but not given (0 would be a fixed point: raw = −∞)
+LEARNABLE_AUGMENTATION_INIT: dict[str, float] = {"noise": 0.5, "mix": 0.1}
 PRESETS: tuple[str, ...] = ("ce", "weighted", "class_balanced", "la", "cdt", "vs", "balanced_softmax")
 DeltaParameterization = Literal["sigmoid", "exp"]
 ExpansionMode = Literal["constant", "linear"]
@@ -317,9 +339,10 @@ class ParametricCrossEntropy(nn.Module):
     * Δ = ``delta_max · sigmoid(raw)`` (``delta_parameterization="sigmoid"``, bounded in (0, delta_max), the
       reference implementation's choice) or ``exp(raw)`` (``"exp"``, unbounded positive);
     * ι = raw;
-    * ω = ``exp(raw)``.
+    * ω = ``exp(raw)``;
+    * σ (noise) = ``exp(raw)`` and m (mix) = ``MIX_MAX · sigmoid(raw)``, with raw = −∞ for 0 (augmentation off).
 
-    The kinds named in ``learnable`` (any subset of Δ, ι, ω) are :class:`~torch.nn.Parameter` s (the
+    The kinds named in ``learnable`` (any subset of Δ, ι, ω, σ, m) are :class:`~torch.nn.Parameter` s (the
     hyperparameters α that AutoBalance tunes); the others are buffers. Both are in :meth:`state_dict`, so the loss
     saves and restores exactly.
 
@@ -329,7 +352,12 @@ class ParametricCrossEntropy(nn.Module):
         delta: initial Δ per class, shape (K,) or (G, K); default 1.
         iota: initial ι per class, shape (K,) or (G, K); default 0.
         omega: initial ω per class, shape (K,) or (G, K); default 1.
-        learnable: which of ``"delta"``, ``"iota"``, ``"omega"`` are hyperparameters (a single name is accepted).
+        noise: initial logit-noise scale σ ≥ 0 per class, shape (K,) or (G, K); default 0 (off), or 0.5 when
+            learnable.
+        mix: initial mixing strength m in [0, ½) per class, shape (K,) or (G, K); default 0 (off), or 0.1 when
+            learnable.
+        learnable: which of ``"delta"``, ``"iota"``, ``"omega"``, ``"noise"``, ``"mix"`` are hyperparameters (a
+            single name is accepted).
         blocks: block index of each class, shape (K,) (see :func:`frequency_blocks`); initial values of classes
             sharing a block are averaged.
         delta_parameterization: ``"sigmoid"`` (bounded) or ``"exp"`` (unbounded positive).
@@ -351,6 +379,8 @@ class ParametricCrossEntropy(nn.Module):
         delta: Sequence[float] | Tensor | None = None,
         iota: Sequence[float] | Tensor | None = None,
         omega: Sequence[float] | Tensor | None = None,
+        noise: Sequence[float] | Tensor | None = None,
+        mix: Sequence[float] | Tensor | None = None,
         learnable: Iterable[str] | str = (),
         blocks: Sequence[int] | Tensor | None = None,
         delta_parameterization: DeltaParameterization = "sigmoid",
@@ -385,8 +415,16 @@ class ParametricCrossEntropy(nn.Module):
         self.register_buffer("block_index", block_index, persistent=True)
         self.num_blocks = num_blocks
 
-        initial = {"delta": delta, "iota": iota, "omega": omega}
-        defaults = {"delta": 1.0, "iota": 0.0, "omega": 1.0}
+        initial = {"delta": delta, "iota": iota, "omega": omega, "noise": noise, "mix": mix}
+        defaults = {"delta": 1.0, "iota": 0.0, "omega": 1.0, "noise": 0.0, "mix": 0.0}
+        for kind in AUGMENTATION_KINDS:
+            if kind in self.learnable:
+                defaults[kind] = LEARNABLE_AUGMENTATION_INIT[kind]
+        # training-mode augmentation draws: seeded by (augmentation_seed, call counter, rank), so a resumed run
+        # (the counter is in the state dict) draws the same noise; hyper-steps use fixed_augmentation(seed)
+        self.augmentation_seed = 0
+        self._fixed_seed: int | None = None
+        self.register_buffer("augment_calls", torch.zeros((), dtype=torch.long), persistent=True)
         for kind in HPARAM_KINDS:
             values = self._per_group_class(kind, initial[kind], defaults[kind])
             raw = self._to_raw(kind, self._average_blocks(values))
@@ -411,6 +449,8 @@ class ParametricCrossEntropy(nn.Module):
         block_size: int = 1,
         delta_parameterization: DeltaParameterization = "sigmoid",
         delta_max: float = 2.0,
+        noise: float | Sequence[float] | Tensor | None = None,
+        mix: float | Sequence[float] | Tensor | None = None,
     ) -> ParametricCrossEntropy:
         """Build the loss initialised at a named preset (see :func:`preset_values` for every formula).
 
@@ -433,6 +473,9 @@ class ParametricCrossEntropy(nn.Module):
                 counts (summed over groups).
             delta_parameterization: ``"sigmoid"`` or ``"exp"``.
             delta_max: bound of Δ with the sigmoid parameterisation.
+            noise: initial personalized-augmentation noise σ (a number for every class, or per class / cell);
+                default 0, or 0.5 when learnable.
+            mix: initial personalized mixing strength m in [0, ½); default 0, or 0.1 when learnable.
 
         Returns:
             The initialised loss.
@@ -480,9 +523,16 @@ class ParametricCrossEntropy(nn.Module):
                 f"Preset {preset!r} needs Δ up to {float(values['delta'].max()):.3g} but delta_max={delta_max}: "
                 "raise delta_max or use delta_parameterization='exp'."
             )
+        augmentation = {
+            kind: torch.full(cells.shape, float(value), dtype=torch.float64)
+            if isinstance(value, (int, float))
+            else value
+            for kind, value in (("noise", noise), ("mix", mix))
+        }
         return cls(
             counts.numel(),
             groups,
+            **augmentation,  # type: ignore[arg-type]
             learnable=learnable,
             blocks=blocks,
             delta_parameterization=delta_parameterization,
@@ -503,6 +553,18 @@ class ParametricCrossEntropy(nn.Module):
             raise ValueError(f"Initial {kind} must be finite, got {tensor.tolist()}.")
         if kind in ("delta", "omega") and (tensor <= 0).any():
             raise ValueError(f"Initial {kind} must be positive, got {tensor.tolist()}.")
+        if kind in AUGMENTATION_KINDS:
+            upper = MIX_MAX if kind == "mix" else math.inf
+            if (tensor < 0).any() or (tensor >= upper).any():
+                raise ValueError(
+                    f"Initial {kind} must lie in [0, {upper}) (0 turns the augmentation off), got {tensor.tolist()}."
+                )
+            if kind in self.learnable and (tensor == 0).any():
+                raise ValueError(
+                    f"A learnable {kind} must start above 0 (at 0 its hypergradient vanishes), got {tensor.tolist()}: "
+                    f"pass a small positive initial {kind} (default {LEARNABLE_AUGMENTATION_INIT[kind]}) or do not "
+                    "learn it."
+                )
         if kind == "delta" and self.delta_parameterization == "sigmoid" and (tensor >= self.delta_max).any():
             raise ValueError(
                 f"Initial delta reaches {float(tensor.max()):.4g} ≥ delta_max={self.delta_max}: raise delta_max "
@@ -518,8 +580,10 @@ class ParametricCrossEntropy(nn.Module):
     def _to_raw(self, kind: str, values: Tensor) -> Tensor:
         if kind == "iota":
             raw = values
-        elif kind == "omega" or self.delta_parameterization == "exp":
-            raw = torch.log(values)
+        elif kind == "mix":
+            raw = torch.logit(values / MIX_MAX)  # −∞ for 0
+        elif kind in ("omega", "noise") or self.delta_parameterization == "exp":
+            raw = torch.log(values)  # −∞ for a noise of 0
         else:
             raw = torch.logit(values / self.delta_max)
         return raw.to(torch.get_default_dtype()).contiguous()
@@ -527,13 +591,15 @@ class ParametricCrossEntropy(nn.Module):
     def _from_raw(self, kind: str, raw: Tensor) -> Tensor:
         if kind == "iota":
             return raw
-        if kind == "omega" or self.delta_parameterization == "exp":
+        if kind == "mix":
+            return MIX_MAX * torch.sigmoid(raw)
+        if kind in ("omega", "noise") or self.delta_parameterization == "exp":
             return torch.exp(raw)
         return self.delta_max * torch.sigmoid(raw)
 
     # ------------------------------------------------------------------ values
     def hparams(self) -> dict[str, nn.Parameter]:
-        """The learnable raw parameters by name (``raw_delta``, ``raw_iota``, ``raw_omega``), i.e. α."""
+        """The learnable raw parameters by name (``raw_delta``, ``raw_iota``, ..., ``raw_mix``), i.e. α."""
         return {f"raw_{kind}": getattr(self, f"raw_{kind}") for kind in self.learnable}
 
     def delta(self) -> Tensor:
@@ -547,6 +613,83 @@ class ParametricCrossEntropy(nn.Module):
     def omega(self) -> Tensor:
         """Per (group, class) loss weight ω, shape (G, K)."""
         return self._from_raw("omega", self.raw_omega[:, self.block_index])
+
+    def noise(self) -> Tensor:
+        """Per (group, class) logit-noise scale σ of the personalized augmentation, shape (G, K)."""
+        return self._from_raw("noise", self.raw_noise[:, self.block_index])
+
+    def mix(self) -> Tensor:
+        """Per (group, class) mixing strength m of the personalized augmentation, shape (G, K)."""
+        return self._from_raw("mix", self.raw_mix[:, self.block_index])
+
+    @property
+    def augments(self) -> bool:
+        """Whether the personalized augmentation is on (some σ or m above 0)."""
+        return bool((self.raw_noise > -math.inf).any() or (self.raw_mix > -math.inf).any())
+
+    @property
+    def couples_samples(self) -> bool:
+        """Whether a sample's loss depends on other samples' logits (mixing on): its logit Hessian is not per sample."""
+        return bool((self.raw_mix > -math.inf).any())
+
+    @contextmanager
+    def fixed_augmentation(self, seed: int) -> Iterator[None]:
+        """Draw the augmentation from ``seed`` and the batch's labels, so repeated calls on a batch agree.
+
+        A hyper-step evaluates the training loss of the same batches many times (gradient, Hessian-vector products,
+        a re-solve for finite differences); inside this context each evaluation of a batch sees the same noise and
+        the same mixing partners, so the inner loss is one smooth function of (θ, α). Under DDP a global batch gets
+        the same draws on whichever process holds it.
+
+        Example:
+            >>> loss_fn = ParametricCrossEntropy(3, learnable=["noise"])
+            >>> logits, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+            >>> with loss_fn.fixed_augmentation(seed=7):
+            ...     torch.equal(loss_fn(logits, y), loss_fn(logits, y))
+            True
+        """
+        previous, self._fixed_seed = self._fixed_seed, int(seed)
+        try:
+            yield
+        finally:
+            self._fixed_seed = previous
+
+    def _augmentation_generator(self, targets: Tensor, groups: Tensor | None) -> torch.Generator:
+        if self._fixed_seed is not None:
+            weights = torch.arange(1, targets.numel() + 1, device=targets.device) % 9973 + 1
+            key = int((targets.long() * weights).sum()) * 7919 + targets.numel()
+            if groups is not None:
+                key = key * 31 + int((groups.long() * weights).sum())
+            seed = hash((self._fixed_seed, key))
+        else:
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            seed = hash((self.augmentation_seed, int(self.augment_calls), rank))
+            self.augment_calls += 1
+        generator = torch.Generator(device=targets.device)
+        generator.manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
+        return generator
+
+    def augment(self, logits: Tensor, targets: Tensor, groups: Tensor | None = None) -> Tensor:
+        """Apply the personalized augmentation to a batch of training logits (see the module docstring).
+
+        Args:
+            logits: (N, K) logits of a training batch.
+            targets: (N,) labels; they select each sample's σ and m (and stay the sample's labels).
+            groups: (N,) group labels, or None.
+
+        Returns:
+            ``(1 − m) ⊙ logits + m ⊙ logits[π] + σ ⊙ ε`` row by row (the logits themselves when both are 0).
+        """
+        if not self.augments or logits.shape[0] == 0:
+            return logits
+        generator = self._augmentation_generator(targets, groups)
+        rows = 0 if groups is None else groups
+        if self.couples_samples:
+            mix = self.mix()[rows, targets].to(logits.dtype)[:, None]
+            partner = torch.randperm(logits.shape[0], generator=generator, device=logits.device)
+            logits = (1 - mix) * logits + mix * logits[partner]
+        noise = torch.randn(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+        return logits + self.noise()[rows, targets].to(logits.dtype)[:, None] * noise
 
     def adjusted_logits(self, logits: Tensor, groups: Tensor | None = None) -> Tensor:
         """Return ``Δ[g] ⊙ logits + ι[g]`` for each row (the logits the softmax of the loss sees)."""
@@ -577,6 +720,8 @@ class ParametricCrossEntropy(nn.Module):
         self._check_inputs(logits, targets, groups)
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
+        if self.training:
+            logits = self.augment(logits, targets, groups)
         adjusted = self.adjusted_logits(logits, groups)
         per_sample = F.cross_entropy(adjusted, targets, reduction="none")
         weights = self.omega()[0 if groups is None else groups, targets]
@@ -589,7 +734,7 @@ class ParametricCrossEntropy(nn.Module):
         """Summary shown by ``print(module)``."""
         return (
             f"num_classes={self.num_classes}, num_groups={self.num_groups}, blocks={self.num_blocks}, "
-            f"learnable={list(self.learnable)}, delta={self.delta_parameterization}"
+            f"learnable={list(self.learnable)}, delta={self.delta_parameterization}, augments={self.augments}"
         )
 
     # ------------------------------------------------------------------ copies

@@ -60,6 +60,9 @@ class AutoBalanceMixin:
                 "assign one, e.g. `self.autobalance_loss = ParametricCrossEntropy(num_classes)` or "
                 "`self.autobalance_loss = load_loss('autobalance_loss.yaml')`."
             )
+        # the loss is outside the module tree, so train()/eval() (and Lightning's restoring of each submodule's
+        # flag) never reach it: it follows the module here (its personalized augmentation acts in training only)
+        loss.training = bool(getattr(self, "training", True))
         return loss
 
     @autobalance_loss.setter
@@ -72,6 +75,7 @@ class AutoBalanceMixin:
             )
         device = next((p.device for p in self.parameters()), None)  # type: ignore[attr-defined]
         self.__dict__[_LOSS_ATTRIBUTE] = loss if device is None else loss.to(device)
+        loss.train(bool(getattr(self, "training", True)))
 
     @property
     def has_autobalance_loss(self) -> bool:

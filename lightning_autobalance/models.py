@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["BodyHeadNetwork", "CIFARResNet", "MNIST1DConvNet", "resnet32"]
+__all__ = ["BodyHeadNetwork", "CIFARResNet", "ImageResNet", "MNIST1DConvNet", "resnet32"]
 
 
 class BodyHeadNetwork(nn.Module):
@@ -116,3 +119,75 @@ class CIFARResNet(BodyHeadNetwork):
 def resnet32(num_classes: int = 10) -> CIFARResNet:
     """ResNet-32 for CIFAR-shaped inputs."""
     return CIFARResNet(num_classes, blocks=5)
+
+
+_TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+class ImageResNet(BodyHeadNetwork):
+    """A torchvision ImageNet ResNet (18/34/50/101/152) split into a body and a linear head, for Waterbirds / CelebA.
+
+    The body is torchvision's network up to the global average pooling (the group-DRO / DFR backbone); ``head`` is a
+    new :class:`torch.nn.Linear` with ``num_classes`` outputs. Exposes the feature hook (:meth:`autobalance_features`,
+    :meth:`autobalance_head`) used by AutoBalance's last-layer engine and by last-layer retraining.
+
+    Nothing is downloaded by default (``weights=None``: random initialisation). The published Waterbirds / CelebA
+    results start from ImageNet weights; pass them where you have them:
+
+    * ``checkpoint="/path/resnet50-11ad3fa6.pth"``: a torchvision-format state dict on disk (its ``fc`` entries
+      are ignored, the head is always new);
+    * ``weights="IMAGENET1K_V1"`` (or ``"DEFAULT"``): torchvision's weight enum, which downloads into the torch hub
+      cache unless the file is already there (``$TORCH_HOME``).
+
+    Args:
+        num_classes: outputs of the head.
+        arch: ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101`` or ``resnet152``.
+        weights: torchvision weight name (e.g. ``"IMAGENET1K_V1"``) or None.
+        checkpoint: path of a torchvision-format state dict to load into the body, or None.
+
+    Example:
+        >>> import torch
+        >>> net = ImageResNet(num_classes=2, arch="resnet18")
+        >>> net(torch.zeros(2, 3, 32, 32)).shape, net.autobalance_features(torch.zeros(2, 3, 32, 32)).shape
+        (torch.Size([2, 2]), torch.Size([2, 512]))
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        arch: str = "resnet50",
+        weights: str | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__()
+        from torchvision import models
+
+        if arch not in _TORCHVISION_RESNETS:
+            raise ValueError(f"Unknown ResNet {arch!r}: choose one of {', '.join(_TORCHVISION_RESNETS)}.")
+        if weights is not None and checkpoint is not None:
+            raise ValueError("Pass either weights= (a torchvision weight name) or checkpoint= (a file), not both.")
+        network = getattr(models, arch)(weights=weights)
+        if checkpoint is not None:
+            if not os.path.isfile(checkpoint):
+                raise FileNotFoundError(
+                    f"ResNet checkpoint {checkpoint} not found: give the path of a torchvision-format state dict "
+                    f"(e.g. the {arch} ImageNet weights), or checkpoint=null to start from random weights."
+                )
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            state = {k: v for k, v in state.get("state_dict", state).items() if not k.startswith("fc.")}
+            expected = {k: v.shape for k, v in network.state_dict().items() if not k.startswith("fc.")}
+            missing = [k for k in expected if k not in state]
+            unexpected = [k for k in state if k not in expected]
+            resized = [k for k in expected if k in state and state[k].shape != expected[k]]
+            if missing or unexpected or resized:
+                raise ValueError(
+                    f"{checkpoint} does not fit torchvision's {arch}: missing {missing[:3]}, unexpected "
+                    f"{unexpected[:3]}, other shapes {resized[:3]} (keys and shapes as in "
+                    f"torchvision.models.{arch}().state_dict())."
+                )
+            network.load_state_dict(state, strict=False)  # everything but fc
+        features = network.fc.in_features
+        network.fc = nn.Identity()
+        self.arch = arch
+        self.body = network  # torchvision forward: ... → avgpool → flatten → fc (= identity)
+        self.head = nn.Linear(features, num_classes)

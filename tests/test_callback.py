@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_autobalance import AutoBalance, AutoBalanceMixin, ConjugateGradient, HeldOutSplit, Neumann, load_loss
+from lightning_autobalance import AutoBalance, AutoBalanceMixin, ConjugateGradient, HeldOutSplit, load_loss
 
 K = 3
 
@@ -31,12 +31,20 @@ class TinyData(pl.LightningDataModule):
 
 
 class TinyModel(AutoBalanceMixin, pl.LightningModule):
+    """A small MLP with BatchNorm and the feature hook of the default (last-layer) engine: body net[:3], head net[3]."""
+
     def __init__(self, num_classes=K, num_features=6):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(num_features, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, num_classes))
 
     def forward(self, x):
         return self.net(x)
+
+    def autobalance_features(self, x):
+        return self.net[:3](x)
+
+    def autobalance_head(self):
+        return self.net[3]
 
     def training_step(self, batch, batch_idx):
         return self.autobalance_step_loss(batch)
@@ -67,7 +75,6 @@ def make_callback(tmp_path, **kwargs):
         train_batches=2,
         heldout_batches=2,
         hyper_optimizer=lambda params: torch.optim.SGD(params, lr=0.5, momentum=0.9),
-        solver=Neumann(terms=3, alpha=0.05),
         export_path=tmp_path / "loss.yaml",
     )
     options.update(kwargs)
@@ -89,9 +96,9 @@ def make_trainer(tmp_path, callbacks, max_epochs=3, **kwargs):
     return pl.Trainer(callbacks=callbacks, **options)
 
 
-def fit(tmp_path, callback, max_epochs=3, seed=0, **trainer_kwargs):
+def fit(tmp_path, callback, max_epochs=3, seed=0, model_class=None, **trainer_kwargs):
     pl.seed_everything(seed, verbose=False)
-    model = TinyModel()
+    model = (model_class or TinyModel)()
     callbacks = trainer_kwargs.pop("callbacks", [callback])
     trainer = make_trainer(tmp_path, callbacks, max_epochs=max_epochs, **trainer_kwargs)
     trainer.fit(model, datamodule=HeldOutSplit(TinyData(), fraction=0.25, seed=seed))
@@ -124,22 +131,32 @@ def test_fit_changes_alpha_logs_it_and_exports_yaml_that_loads_back(tmp_path):
     assert AutoBalance.load_loss is load_loss
 
 
-def test_resume_mid_search_is_bit_identical(tmp_path):
-    full = make_callback(tmp_path / "a", solver=ConjugateGradient(iters=3, damping=1.0))
-    fit(tmp_path / "a", full, max_epochs=4)
+# the default engine with its own solver (last layer, Exact), and the full-network engine with conjugate gradient
+ENGINES = {"default": {}, "full": {"engine": "full", "solver": ConjugateGradient(iters=3, damping=1.0)}}
 
-    first = make_callback(tmp_path / "b", solver=ConjugateGradient(iters=3, damping=1.0))
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_resume_mid_search_is_bit_identical(tmp_path, engine):
+    options = ENGINES[engine]
+    full = make_callback(tmp_path / "a", **options)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*no feature hook.*")  # the default engine really ran
+        fit(tmp_path / "a", full, max_epochs=4)
+    assert type(full.engine).__name__ == {"default": "LastLayer", "full": "FullNetwork"}[engine]
+
+    first = make_callback(tmp_path / "b", **options)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
     fit(tmp_path / "b", first, max_epochs=2, enable_checkpointing=True, callbacks=[first, checkpoint])
     assert 0 < first.hyper_steps < full.hyper_steps  # stopped mid-search
 
-    resumed = make_callback(tmp_path / "c", solver=ConjugateGradient(iters=3, damping=1.0))
+    resumed = make_callback(tmp_path / "c", **options)
     pl.seed_everything(123, verbose=False)  # a different RNG state must not matter
     model = TinyModel()
     trainer = make_trainer(tmp_path / "c", [resumed], max_epochs=4)
     trainer.fit(model, datamodule=HeldOutSplit(TinyData(), fraction=0.25), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
 
     assert resumed.hyper_steps == full.hyper_steps
+    assert not torch.equal(full.loss.raw_iota, torch.zeros_like(full.loss.raw_iota))  # α moved
     for name in ("raw_delta", "raw_iota"):
         assert torch.equal(getattr(resumed.loss, name), getattr(full.loss, name))
     state_a, state_c = full.hyper_optimizer.state_dict(), resumed.hyper_optimizer.state_dict()

@@ -1,4 +1,8 @@
-"""AutoBalance under DDP on the CPU (gloo): 2 processes, resume, and 2 torchrun nodes on 127.0.0.1."""
+"""AutoBalance under DDP on the CPU (gloo): 2 processes, resume, and 2 torchrun nodes on 127.0.0.1.
+
+Exactness and resume are checked for the default engine (last layer) and the full-network engine; the launchers
+(torchrun nodes, ddp_spawn) with the default engine.
+"""
 
 import json
 import socket
@@ -37,17 +41,25 @@ def records(out, world):
     return [json.loads((Path(out) / f"rank{r}.json").read_text()) for r in range(world)]
 
 
+ENGINE_CLASSES = {"default": "LastLayer", "full": "FullNetwork"}
+
+
+@pytest.fixture(scope="module", params=list(ENGINE_CLASSES))
+def engine(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    out = tmp_path_factory.mktemp("single")
-    launch(out, "--batch-size", 32)  # the same global batches as 2 processes × 16
+def single(tmp_path_factory, engine):
+    out = tmp_path_factory.mktemp(f"single_{engine}")
+    launch(out, "--engine", engine, "--batch-size", 32)  # the same global batches as 2 processes × 16
     return records(out, 1)[0]
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
-    launch(out, "--devices", 2, "--strategy", "ddp", "--batch-size", 16)
+def two_processes(tmp_path_factory, engine):
+    out = tmp_path_factory.mktemp(f"ddp_{engine}")
+    launch(out, "--engine", engine, "--devices", 2, "--strategy", "ddp", "--batch-size", 16)
     return records(out, 2)
 
 
@@ -56,9 +68,10 @@ def assert_close(a, b, tol=1e-6):
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= tol, (a, b)
 
 
-def test_two_processes_match_single_process_and_each_other(single, two_processes):
+def test_two_processes_match_single_process_and_each_other(single, two_processes, engine):
     rank0, rank1 = two_processes
     assert rank0["world_size"] == 2 and rank1["rank"] == 1
+    assert single["engine"] == rank0["engine"] == rank1["engine"] == ENGINE_CLASSES[engine]
     assert single["hyper_steps"] == rank0["hyper_steps"] == rank1["hyper_steps"] > 3
     # α identical on both ranks after every hyper-step
     assert rank0["history"] == rank1["history"]
@@ -73,19 +86,21 @@ def test_two_processes_match_single_process_and_each_other(single, two_processes
         assert rank0["metrics"][key] == pytest.approx(value, abs=1e-7)
 
 
-def test_crash_and_resume_under_ddp_reproduces_alpha(tmp_path, two_processes):
+def test_crash_and_resume_under_ddp_reproduces_alpha(tmp_path, two_processes, engine):
     checkpoints = tmp_path / "ckpt"
-    launch(tmp_path / "first", "--devices", 2, "--strategy", "ddp", "--epochs", 2, "--checkpoint-dir", checkpoints)
+    ddp = ("--engine", engine, "--devices", 2, "--strategy", "ddp")
+    launch(tmp_path / "first", *ddp, "--epochs", 2, "--checkpoint-dir", checkpoints)
     first = records(tmp_path / "first", 2)[0]
     assert 0 < first["hyper_steps"] < two_processes[0]["hyper_steps"]  # stopped mid-search
-    launch(tmp_path / "resumed", "--devices", 2, "--strategy", "ddp", "--resume", checkpoints / "last.ckpt")
+    launch(tmp_path / "resumed", *ddp, "--resume", checkpoints / "last.ckpt")
     resumed = records(tmp_path / "resumed", 2)
     assert resumed[0]["alpha"] == resumed[1]["alpha"]
     assert resumed[0]["hyper_steps"] == two_processes[0]["hyper_steps"]
     assert resumed[0]["alpha"] == two_processes[0]["alpha"]
 
 
-def test_two_torchrun_nodes_match_single_node_ddp(tmp_path, two_processes):
+@pytest.mark.parametrize("engine", ["default"], scope="module")
+def test_two_torchrun_nodes_match_single_node_ddp(tmp_path, two_processes, engine):
     env = environment()
     port = env.pop("MASTER_PORT")
     torchrun = [
@@ -101,7 +116,8 @@ def test_two_torchrun_nodes_match_single_node_ddp(tmp_path, two_processes):
         "--master-port",
         port,
     ]
-    script = [str(SCRIPT), "--out", str(tmp_path), "--devices", "1", "--num-nodes", "2", "--strategy", "ddp"]
+    script = [str(SCRIPT), "--out", str(tmp_path), "--engine", engine, "--devices", "1", "--num-nodes", "2"]
+    script += ["--strategy", "ddp"]
     nodes = [
         subprocess.Popen(
             [*torchrun, "--node-rank", str(rank), *script],
@@ -121,10 +137,11 @@ def test_two_torchrun_nodes_match_single_node_ddp(tmp_path, two_processes):
         assert_close(a, b)
 
 
-def test_ddp_spawn_exports_the_same_alpha(tmp_path, two_processes):
+@pytest.mark.parametrize("engine", ["default"], scope="module")
+def test_ddp_spawn_exports_the_same_alpha(tmp_path, two_processes, engine):
     from lightning_autobalance import load_loss
 
-    launch(tmp_path, "--devices", 2, "--strategy", "ddp_spawn", "--batch-size", 16)
+    launch(tmp_path, "--engine", engine, "--devices", 2, "--strategy", "ddp_spawn", "--batch-size", 16)
     # the calling process never ran the search itself; the learned loss reaches it through the exported file
     assert json.loads((tmp_path / "spawn.json").read_text()) == {"has_loss": False}
     loss = load_loss(tmp_path / "loss.yaml")

@@ -21,51 +21,64 @@ from lightning_autobalance.objectives import balanced_cross_entropy
 from tests.test_callback import K, Probe, TinyModel, fit, make_callback
 
 
-class HookedModel(TinyModel):
-    """TinyModel with the feature hook: body = net[:3], head = net[3]."""
+class NoHookModel(TinyModel):
+    """TinyModel without the feature hook."""
 
-    def autobalance_features(self, x):
-        return self.net[:3](x)
-
-    def autobalance_head(self):
-        return self.net[3]
+    autobalance_features = None
+    autobalance_head = None
 
 
-def hooked_fit(tmp_path, callback, **kwargs):
-    from tests import test_callback
-
-    original = test_callback.TinyModel
-    test_callback.TinyModel = HookedModel
-    try:
-        return fit(tmp_path, callback, **kwargs)
-    finally:
-        test_callback.TinyModel = original
-
-
-def test_last_layer_engine_uses_its_cache_and_leaves_batchnorm_alone(tmp_path):
-    store = {}
-    callback = make_callback(tmp_path, solver=None, engine="last_layer")
-    assert isinstance(callback.engine, LastLayer) and callback.engine.train_features == "cached"
+def fit_without_fallback(tmp_path, callback, **kwargs):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*no feature hook.*")
-        model, _ = hooked_fit(
-            tmp_path, callback, callbacks=[Probe(store, "before"), callback, Probe(store, "after")], max_epochs=3
-        )
-    assert callback.hyper_steps > 3 and callback.skipped_steps == 0
-    assert not torch.allclose(callback.loss.iota(), torch.zeros(1, K))
+        return fit(tmp_path, callback, **kwargs)
+
+
+def assert_batchnorm_untouched(store):
+    assert len(store["before"]) == len(store["after"]) > 0
     for (step, mean_b, var_b, n_b), (_, mean_a, var_a, n_a) in zip(store["before"], store["after"], strict=True):
         assert torch.equal(mean_b, mean_a) and torch.equal(var_b, var_a) and n_b == n_a, step
-    cache = callback.engine._state["cache"]
-    assert len(cache) == callback.engine.cache_size
+
+
+def test_default_engine_is_stateless_and_leaves_batchnorm_alone(tmp_path):
+    store = {}
+    callback = make_callback(tmp_path)
+    assert isinstance(callback.engine, LastLayer) and callback.engine.train_features == "fresh"
+    model, _ = fit_without_fallback(
+        tmp_path, callback, callbacks=[Probe(store, "before"), callback, Probe(store, "after")], max_epochs=3
+    )
+    assert callback.hyper_steps > 3 and callback.skipped_steps == 0
+    assert not torch.allclose(callback.loss.iota(), torch.zeros(1, K))
+    assert_batchnorm_untouched(store)
+    # nothing outside the checkpoint: no cache, no hooks on the head or the loss (hence resume-exact, DDP-exact)
+    assert callback.engine._state == {}
+    assert not model.autobalance_head()._forward_pre_hooks and not callback.loss._forward_pre_hooks
+    assert callback.engine.needs_train_batches(model, callback.loss)
+
+
+def test_cached_last_layer_engine_uses_its_cache_and_leaves_batchnorm_alone(tmp_path):
+    store = {}
+    engine = LastLayer(train_features="cached", cache_size=2)
+    callback = make_callback(tmp_path, engine=engine)
+    assert callback.engine is engine
+    model, _ = fit_without_fallback(
+        tmp_path, callback, callbacks=[Probe(store, "before"), callback, Probe(store, "after")], max_epochs=3
+    )
+    assert callback.hyper_steps > 3 and callback.skipped_steps == 0
+    assert not torch.allclose(callback.loss.iota(), torch.zeros(1, K))
+    assert_batchnorm_untouched(store)
+    cache = engine._state["cache"]
+    assert len(cache) == engine.cache_size
     features, targets, groups = cache[-1]
     assert features.shape == (16, 16) and targets.shape == (16,) and groups is None
-    assert not callback.engine.needs_train_batches(model, callback.loss)
+    assert not engine.needs_train_batches(model, callback.loss)
 
 
 def test_module_without_feature_hook_falls_back_with_one_warning(tmp_path):
-    callback = make_callback(tmp_path, solver=None, engine="last_layer")
+    callback = make_callback(tmp_path)
+    assert not has_feature_hook(NoHookModel())
     with pytest.warns(UserWarning, match="no feature hook") as record:
-        fit(tmp_path, callback, max_epochs=3)
+        fit(tmp_path, callback, max_epochs=3, model_class=NoHookModel)
     assert sum("no feature hook" in str(w.message) for w in record) == 1
     assert callback.hyper_steps > 3 and callback.skipped_steps == 0
 
@@ -136,6 +149,7 @@ def test_reference_engine_is_the_generic_hypergradient_and_full_network_streams_
 def test_make_engine_names_and_errors():
     assert make_engine("reference") == Reference(solver=Neumann(terms=5, alpha=1.0))
     assert isinstance(make_engine(), LastLayer) and isinstance(make_engine("last_layer"), LastLayer)
+    assert make_engine().train_features == "fresh"
     assert make_engine("gauss_newton").curvature == "gauss_newton"
     assert make_engine("full", ConjugateGradient(iters=3)).solver == ConjugateGradient(iters=3)
     engine = FullNetwork()
@@ -154,8 +168,11 @@ def test_models_expose_the_feature_hook():
         torch.testing.assert_close(net.autobalance_head()(net.autobalance_features(x)), net(x))
 
 
-def test_callback_default_engine_is_the_full_network():
+def test_callback_default_engine_is_the_last_layer_with_fresh_features():
     from lightning_autobalance import AutoBalance
-    from lightning_autobalance.hyperstep import FullNetwork
 
-    assert isinstance(AutoBalance().engine, FullNetwork)
+    engine = AutoBalance().engine
+    assert isinstance(engine, LastLayer) and engine.train_features == "fresh"
+    assert engine == make_engine() == make_engine("last_layer")
+    assert isinstance(engine.solver, Exact) and isinstance(engine.fallback, FullNetwork)
+    assert isinstance(AutoBalance(engine="full").engine, FullNetwork)

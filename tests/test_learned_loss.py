@@ -147,16 +147,31 @@ def test_file_is_versioned_human_readable_yaml(tmp_path):
     path = tmp_path / "ce.yaml"
     data = _save_and_read(ParametricCrossEntropy.from_preset("ce", [30, 20, 10]), path)
     text = path.read_text()
-    assert text.startswith("format: lightning-autobalance/learned-loss\nversion: 1\n")
+    assert text.startswith("format: lightning-autobalance/learned-loss\nversion: 2\n")
     assert data["format"] == "lightning-autobalance/learned-loss"
-    assert data["version"] == 1
+    assert data["version"] == 2
     assert data["num_classes"] == 3 and data["num_groups"] == 1
     assert data["delta_parameterization"] == "sigmoid" and data["delta_max"] == 2.0
     assert data["blocks"] == [0, 1, 2]
     assert data["learnable"] == []
     # cross-entropy: Δ = 1 (raw 0 = logit(1/2) with delta_max 2), ι = 0, ω = 1 (raw log 1 = 0)
-    assert data["values"] == {"delta": [[1.0, 1.0, 1.0]], "iota": [[0.0, 0.0, 0.0]], "omega": [[1.0, 1.0, 1.0]]}
-    assert data["raw"] == {"delta": [[0.0, 0.0, 0.0]], "iota": [[0.0, 0.0, 0.0]], "omega": [[0.0, 0.0, 0.0]]}
+    # the personalized augmentation is off: σ = m = 0, stored raw as -inf
+    assert data["values"] == {
+        "delta": [[1.0, 1.0, 1.0]],
+        "iota": [[0.0, 0.0, 0.0]],
+        "omega": [[1.0, 1.0, 1.0]],
+        "noise": [[0.0, 0.0, 0.0]],
+        "mix": [[0.0, 0.0, 0.0]],
+    }
+    off = [[-math.inf] * 3]
+    assert data["raw"] == {
+        "delta": [[0.0, 0.0, 0.0]],
+        "iota": [[0.0, 0.0, 0.0]],
+        "omega": [[0.0, 0.0, 0.0]],
+        "noise": off,
+        "mix": off,
+    }
+    assert "  noise:\n  - [-.inf, -.inf, -.inf]\n" in text
 
 
 def test_values_are_the_per_class_preset_values(tmp_path):
@@ -239,7 +254,7 @@ def test_other_version(saved, version):
     path, data = saved
     data["version"] = version
     _write_yaml(path, data)
-    with pytest.raises(LearnedLossError, match=f"format version {version!r}; .* reads version 1: re-export"):
+    with pytest.raises(LearnedLossError, match=f"format version {version!r}; .* reads versions 1, 2: re-export"):
         load_loss(path)
 
 
@@ -281,7 +296,7 @@ def test_missing_raw_kind(saved):
     path, data = saved
     del data["raw"]["omega"]
     _write_yaml(path, data)
-    with pytest.raises(LearnedLossError, match="inconsistent learned-loss file: 'omega'"):
+    with pytest.raises(LearnedLossError, match=r"the learned-loss file has no raw omega; it may be truncated"):
         load_loss(path)
 
 
@@ -388,7 +403,7 @@ def test_successful_save_replaces_the_file(tmp_path):
     save_loss(ParametricCrossEntropy.from_preset("cdt", [100, 25], gamma=0.5), path)
     assert load_loss(path).delta()[0].tolist() == pytest.approx([1.0, 0.5], rel=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["loss.yaml"]
-    assert learned_loss.FORMAT_VERSION == 1
+    assert learned_loss.FORMAT_VERSION == 2
 
 
 # ---------------------------------------------------------------------------------------------- extended family
@@ -420,7 +435,7 @@ def test_round_trip_of_extended_family_is_bit_exact(tmp_path, name, loss):
     _perturb(loss, seed=len(name))
     save_loss(loss, path)
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    assert data["version"] == 1
+    assert data["version"] == 2
     assert data["learnable"] == list(loss.learnable)
     assert data["num_groups"] == loss.num_groups and data["blocks"] == loss.block_index.tolist()
     assert data["delta_parameterization"] == loss.delta_parameterization and data["delta_max"] == loss.delta_max

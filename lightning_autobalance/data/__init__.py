@@ -1,5 +1,6 @@
 """Data: long-tail profiles, the held-out split and the offline data sets."""
 
+from lightning_autobalance.data.cifar_lt import CIFAR10LongTail, CIFAR100LongTail
 from lightning_autobalance.data.labels import dataset_labels
 from lightning_autobalance.data.mnist1d_lt import MNIST1DLongTail
 from lightning_autobalance.data.profiles import long_tail_counts
@@ -7,6 +8,8 @@ from lightning_autobalance.data.split import HeldOutSplit, stratified_split
 from lightning_autobalance.data.spurious import GroupTensorDataset, SpuriousMNIST1D
 
 __all__ = [
+    "CIFAR10LongTail",
+    "CIFAR100LongTail",
     "GroupTensorDataset",
     "HeldOutSplit",
     "MNIST1DLongTail",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -54,6 +57,39 @@ def stratified_split(targets: Tensor, groups: Tensor | None, fraction: float, se
         held_out.append(members[:n_held])
         train.append(members[n_held:])
     return torch.cat(train).sort().values, torch.cat(held_out).sort().values
+
+
+class _ResumableSampler(DistributedSampler):
+    """A :class:`DistributedSampler` that can start its next epoch after the samples a checkpoint says were trained."""
+
+    resume: tuple[int, int] | None = None  # (epoch, samples already trained in it)
+
+    def __iter__(self) -> Iterator[Any]:
+        resume, self.resume = self.resume, None
+        indices = list(super().__iter__())
+        if resume is not None and resume[0] == self.epoch:  # not when the checkpoint was at the end of its epoch
+            indices = indices[resume[1] :]
+        return iter(indices)
+
+
+class _ResumableLoader(DataLoader):
+    """The train loader, with its position in the epoch saved in checkpoints (Lightning's loader ``state_dict``).
+
+    A run resumed from a mid-epoch checkpoint then continues with the next batch of the same ``(seed, epoch)`` order,
+    exactly as the uninterrupted run (without it Lightning replays the epoch's first batches).
+    """
+
+    split: HeldOutSplit | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        trainer = None if self.split is None else self.split.trainer
+        if trainer is None:
+            return {}
+        return {"epoch": self.sampler.epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.ready}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state:
+            self.sampler.resume = (int(state["epoch"]), int(state["batches"]) * (self.batch_size or 1))
 
 
 class HeldOutSplit(pl.LightningDataModule):
@@ -136,8 +172,8 @@ class HeldOutSplit(pl.LightningDataModule):
             # batches equal a single process's batches of world_size × batch_size.
             trainer = self.trainer
             world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-        return DataLoader(
+            sampler = _ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        loader = (_ResumableLoader if shuffle else DataLoader)(
             dataset,
             batch_size=template.batch_size,
             sampler=sampler,
@@ -147,6 +183,9 @@ class HeldOutSplit(pl.LightningDataModule):
             drop_last=template.drop_last if shuffle else False,
             persistent_workers=template.persistent_workers,
         )
+        if isinstance(loader, _ResumableLoader):
+            loader.split = self
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         """Train part, in an order fixed by ``(seed, epoch)``, sharded across processes under DDP."""

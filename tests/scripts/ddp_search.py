@@ -1,11 +1,14 @@
 """A small AutoBalance search run, launched by tests/test_ddp.py on 1 process, 2 DDP processes or 2 torchrun nodes.
 
-Every process writes ``rank{r}.json`` into ``--out``: α after every hyper-step, the final α, and validation metrics.
+``--engine default`` (the callback's default: last layer, Exact solve) or ``--engine full`` (all weights, conjugate
+gradient). Every process writes ``rank{r}.json`` into ``--out``: α after every hyper-step, the final α, the engine's
+class name and validation metrics.
 """
 
 import argparse
 import json
 import os
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -46,6 +49,12 @@ class Model(AutoBalanceMixin, pl.LightningModule):
     def forward(self, x):
         return self.net(x)
 
+    def autobalance_features(self, x):  # the feature hook of the last-layer (default) engine
+        return self.net[:2](x)
+
+    def autobalance_head(self):
+        return self.net[2]
+
     def training_step(self, batch, batch_idx):
         return self.autobalance_step_loss(batch)
 
@@ -75,7 +84,9 @@ def main():
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--checkpoint-dir", default=None)
     parser.add_argument("--resume", default=None)
+    parser.add_argument("--engine", default="default", choices=["default", "full"])
     args = parser.parse_args()
+    warnings.filterwarnings("error", message=".*no feature hook.*")  # the engine asked for must really run
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
     autobalance = AutoBalance(
@@ -87,7 +98,8 @@ def main():
         heldout_batches=4,
         batch_size=8,
         hyper_optimizer=partial(torch.optim.SGD, lr=0.5, momentum=0.9),
-        solver=ConjugateGradient(iters=4, damping=1.0),
+        engine=args.engine,
+        solver=ConjugateGradient(iters=4, damping=1.0) if args.engine == "full" else None,  # default: its own Exact
         export_path=Path(args.out) / "loss.yaml",
     )
     history = History(autobalance)
@@ -117,6 +129,7 @@ def main():
         "world_size": trainer.world_size,
         "rank": trainer.global_rank,
         "hyper_steps": autobalance.hyper_steps,
+        "engine": type(autobalance.engine).__name__,
         "history": history.steps,
         "alpha": [float(v) for v in torch.cat([p.detach().flatten() for p in history.hparams()])],
         "metrics": {k: float(v) for k, v in metrics.items()},
