@@ -6,6 +6,7 @@ import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from lightning_autobalance import load_loss
 from lightning_autobalance.cli import run
@@ -71,6 +72,8 @@ def test_sweeper_and_launcher_configs_compose(tmp_path):
         )
     assert full.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert "autobalance.hyper_optimizer.lr" in full.hydra.sweeper.params
+    for key in full.hydra.sweeper.params:  # every swept key exists in the config it overrides
+        assert OmegaConf.select(cfg, key) is not None, key
     assert full.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.autobalance.hyper_optimizer.lr == 0.05
 
