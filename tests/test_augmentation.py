@@ -252,24 +252,10 @@ def test_invalid_augmentation_values_fail_early(tmp_path):
 # ---------------------------------------------------------------------------------------------- engines
 
 
-class Wrapped(torch.nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def autobalance_forward(self, batch):
-        return self.net(batch[0]), batch[1], None
-
-    def autobalance_features(self, x):
-        return self.net.autobalance_features(x)
-
-    def autobalance_head(self):
-        return self.net.autobalance_head()
-
-
 def engine_results(freeze_body, engines):
     from lightning_autobalance.hyperstep import HyperStepContext
     from lightning_autobalance.models import MNIST1DConvNet
+    from tests.test_hyperstep import Wrapped
 
     torch.set_default_dtype(torch.float32)
     torch.manual_seed(0)
