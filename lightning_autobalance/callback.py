@@ -49,7 +49,9 @@ class AutoBalance(Callback):
     processes, so the calling process learns α only through the exported file: read it with :func:`load_loss`.
 
     Args:
-        preset: initial loss, one of ``ce``, ``weighted``, ``la``, ``cdt``, ``vs`` (ignored if ``loss`` is given).
+        preset: initial loss, one of ``ce``, ``weighted``, ``la``, ``cdt``, ``vs`` (ignored if ``loss`` is given),
+            computed from the training split's counts; with groups, each group's row from its (group, class) counts
+            (see :meth:`ParametricCrossEntropy.from_preset`).
         learn: which kinds to tune: any of ``"delta"``, ``"iota"``, ``"omega"`` and the personalized augmentation
             strengths ``"noise"``, ``"mix"`` (see :class:`ParametricCrossEntropy`).
         tau: τ of the ``la`` / ``vs`` presets.
@@ -262,13 +264,22 @@ class AutoBalance(Callback):
                     f"{datamodule.num_classes} classes."
                 )
             return self.initial_loss
-        counts = datamodule.class_counts
+        # The training split's (group, class) counts: each group's row starts at the preset of its own cells (with
+        # one group this is the class preset).
+        cells = datamodule.group_class_counts
+        empty = torch.nonzero(cells == 0).tolist()
+        if self.preset != "ce" and empty:
+            raise ValueError(
+                f"Preset {self.preset!r} starts each (group, class) cell from its training count, but the cells "
+                f"(group, class) {empty} have no training sample: use preset='ce', merge the empty groups, or pass "
+                f"loss=ParametricCrossEntropy.from_preset({self.preset!r}, class_counts, "
+                f"num_groups={datamodule.num_groups}) to start every group from the class preset."
+            )
         return ParametricCrossEntropy.from_preset(
             self.preset,
-            counts.tolist(),
+            group_counts=cells.tolist(),
             tau=self.tau,
             gamma=self.gamma,
-            num_groups=datamodule.num_groups,
             learnable=self.learn,
             block_size=self.block_size,
             delta_parameterization=self.delta_parameterization,  # type: ignore[arg-type]

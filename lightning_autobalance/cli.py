@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,13 +134,16 @@ def shows(loss: ParametricCrossEntropy, kind: str) -> bool:
 
 
 def format_loss(loss: ParametricCrossEntropy) -> str:
-    """Markdown table of the learned per-class Δ, ι (and ω, augmentation σ and m when learned)."""
+    """Markdown table of the learned Δ, ι (and ω, augmentation σ and m when learned), a row per (group, class) cell."""
     kinds = ["delta", "iota"] + [k for k in ("omega", "noise", "mix") if shows(loss, k)]
-    header = "| class | " + " | ".join(KIND_SYMBOLS[k] for k in kinds) + " |"
-    lines = [header, "|---:|" + "---:|" * len(kinds)]
-    tables = {k: getattr(loss, k)()[0].detach().cpu().tolist() for k in kinds}
-    for c in range(loss.num_classes):
-        lines.append(f"| {c} | " + " | ".join(f"{tables[k][c]:.3f}" for k in kinds) + " |")
+    grouped = loss.num_groups > 1
+    key = "| group | class | " if grouped else "| class | "
+    lines = [key + " | ".join(KIND_SYMBOLS[k] for k in kinds) + " |", "|---:|" * (1 + grouped) + "---:|" * len(kinds)]
+    tables = {k: getattr(loss, k)().detach().cpu().tolist() for k in kinds}
+    for g in range(loss.num_groups):
+        for c in range(loss.num_classes):
+            cell = f"| {g} | {c} | " if grouped else f"| {c} | "
+            lines.append(cell + " | ".join(f"{tables[k][g][c]:.3f}" for k in kinds) + " |")
     return "\n".join(lines)
 
 
@@ -177,6 +181,29 @@ def plot_results(
     os.replace(tmp, path)
 
 
+def _start_clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _stop_clock(start: tuple[float, float]) -> dict[str, float]:
+    """Wall and CPU seconds (all threads of this process) since ``start``, rounded to 0.1 s."""
+    return {"wall": round(time.perf_counter() - start[0], 1), "cpu": round(time.process_time() - start[1], 1)}
+
+
+def format_timings(timings: dict[str, dict[str, float]]) -> str:
+    """Markdown table of each phase's fit time: wall seconds and CPU seconds of this process (under DDP, rank 0's).
+
+    Example:
+        >>> print(format_timings({"search": {"wall": 61.0, "cpu": 118.5}}))
+        | phase | wall s | CPU s |
+        |---|---:|---:|
+        | search | 61.0 | 118.5 |
+    """
+    lines = ["| phase | wall s | CPU s |", "|---|---:|---:|"]
+    lines += [f"| {phase} | {t['wall']:.1f} | {t['cpu']:.1f} |" for phase, t in timings.items()]
+    return "\n".join(lines)
+
+
 def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Run the phases of ``cfg`` with outputs in ``out``; returns the results (also written to ``out``)."""
     phases = list(cfg.phases)
@@ -197,16 +224,21 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     learned: ParametricCrossEntropy | None = None
     trainer: pl.Trainer | None = None
 
+    timings: dict[str, dict[str, float]] = {}
+
     if "baseline" in phases:
+        clock = _start_clock()
         pl.seed_everything(cfg.seed, workers=True)
         model = _model(cfg, num_classes, num_groups)
         group_counts = getattr(datamodule, "group_class_counts", None)
         model.autobalance_loss = instantiate(cfg.loss)(class_counts=counts, group_counts=group_counts)
         trainer = _trainer(cfg, out, "baseline", cfg.train.max_epochs)
         trainer.fit(model, datamodule=datamodule)
+        timings["baseline"] = _stop_clock(clock)
         results[baseline_label(cfg)] = test_report(model, datamodule.test_dataloader(), num_classes, num_groups)
 
     if "search" in phases:
+        clock = _start_clock()
         pl.seed_everything(cfg.seed, workers=True)
         export = out / "autobalance_loss.yaml"
         callback: AutoBalance = instantiate(
@@ -216,6 +248,7 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
         split = HeldOutSplit(datamodule, fraction=cfg.search.heldout_fraction, seed=cfg.seed, num_classes=num_classes)
         trainer = _trainer(cfg, out, "search", cfg.search.max_epochs, [callback])
         trainer.fit(model, datamodule=split)
+        timings["search"] = _stop_clock(clock)
         # α is identical on every process; rank zero also wrote it to `export`. With ddp_spawn the search ran in
         # child processes, so this process only has the exported file.
         learned = callback.loss.frozen() if callback.loss is not None else load_loss(export)
@@ -226,11 +259,13 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
         results["AutoBalance (search model)"]["heldout_balanced_error"] = heldout["balanced_error"]
 
     if "retrain" in phases and learned is not None:
+        clock = _start_clock()
         pl.seed_everything(cfg.seed, workers=True)
         model = _model(cfg, num_classes, num_groups)
         model.autobalance_loss = learned
         trainer = _trainer(cfg, out, "retrain", cfg.train.max_epochs)
         trainer.fit(model, datamodule=datamodule)
+        timings["retrain"] = _stop_clock(clock)
         results["AutoBalance"] = test_report(model, datamodule.test_dataloader(), num_classes, num_groups)
 
     if trainer is not None and not trainer.is_global_zero:
@@ -238,8 +273,10 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     report = "## Test errors\n\n" + format_table(results)
     if learned is not None:
         report += "\n\n## Learned loss (per class)\n\n" + format_loss(learned)
+    report += "\n\n## Training time (this process)\n\n" + format_timings(timings)
     write_text_atomic(out / "results.md", report + "\n")
-    write_text_atomic(out / "results.json", json.dumps({"class_counts": counts, "results": results}, indent=2) + "\n")
+    summary = {"class_counts": counts, "results": results, "seconds": timings}
+    write_text_atomic(out / "results.json", json.dumps(summary, indent=2) + "\n")
     plot_results(results, learned, counts, out / "per_class.png")
     print("\n" + report + f"\n\nWritten to {out}\n")
     return results

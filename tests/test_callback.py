@@ -310,3 +310,37 @@ def test_group_objective_without_groups_fails_early(tmp_path):
     callback = make_callback(tmp_path, objective=WorstGroup())
     with pytest.raises(ValueError, match=r"WorstGroup needs group labels.*return \(x, y, g\) batches"):
         make_trainer(tmp_path, [callback]).fit(TinyModel(), datamodule=HeldOutSplit(TinyData()))
+
+
+class GroupTinyData(TinyData):
+    """TinyData with a group label per sample; ``empty_cell`` leaves (group 1, class 2) without samples."""
+
+    def __init__(self, empty_cell=False):
+        super().__init__()
+        x, y = self.dataset.tensors
+        groups = (torch.arange(len(y)) % 3 == 0).long()  # about a third of each class in group 1
+        if empty_cell:
+            groups[y == 2] = 0
+        self.dataset = TensorDataset(x, y, groups)
+
+
+def test_preset_starts_each_group_from_its_own_counts(tmp_path):
+    from lightning_autobalance.losses import preset_values
+
+    callback = make_callback(tmp_path, preset="la", warmup_epochs=5)
+    split = HeldOutSplit(GroupTinyData())
+    make_trainer(tmp_path, [callback], max_steps=1).fit(TinyModel(), datamodule=split)
+    cells = split.group_class_counts.double()
+    assert cells.shape == (2, K) and (cells > 0).all()
+    expected = preset_values("la", cells)["iota"]
+    assert torch.allclose(callback.loss.iota().double(), expected, atol=1e-6)
+    # The rows differ because the groups' cells differ: not the class preset repeated.
+    class_preset = preset_values("la", cells.sum(0))["iota"]
+    assert not torch.allclose(callback.loss.iota()[0].double(), class_preset, atol=1e-3)
+
+
+def test_preset_with_an_empty_group_class_cell_fails_early(tmp_path):
+    callback = make_callback(tmp_path, preset="la")
+    message = r"cells \(group, class\) \[\[1, 2\]\] have no training sample: use preset='ce'"
+    with pytest.raises(ValueError, match=message):
+        make_trainer(tmp_path, [callback]).fit(TinyModel(), datamodule=HeldOutSplit(GroupTinyData(empty_cell=True)))

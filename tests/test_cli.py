@@ -35,7 +35,11 @@ def test_search_retrain_test_writes_table_loss_and_plot(tmp_path, capsys):
     assert loss.num_classes == 10
     report = (out / "results.md").read_text()
     assert "| CE |" in report and "| AutoBalance |" in report and "Δ" in report
-    assert json.loads((out / "results.json").read_text())["results"]["CE"] == results["CE"]
+    written = json.loads((out / "results.json").read_text())
+    assert written["results"]["CE"] == results["CE"]
+    assert set(written["seconds"]) == {"baseline", "search", "retrain"}  # each phase's fit time, wall and CPU
+    assert all(t["wall"] > 0 and t["cpu"] > 0 for t in written["seconds"].values())
+    assert "| search |" in report
     assert (out / "per_class.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "balanced error %" in capsys.readouterr().out
 
@@ -91,3 +95,21 @@ def test_optuna_sweep_minimises_heldout_error(tmp_path):
     results = [json.loads((tmp_path / "sweep" / str(i) / "results.json").read_text()) for i in range(2)]
     heldout = [r["results"]["AutoBalance (search model)"]["heldout_balanced_error"] for r in results]
     assert value == pytest.approx(min(heldout))
+
+
+def test_format_loss_lists_every_group_class_cell():
+    from lightning_autobalance import ParametricCrossEntropy
+    from lightning_autobalance.cli import format_loss
+
+    loss = ParametricCrossEntropy.from_preset("la", group_counts=[[80, 5], [10, 5]])
+    rows = format_loss(loss).splitlines()
+    assert rows[0].startswith("| group | class | Δ | ι")
+    assert [r.split("|")[1:4] for r in rows[2:]] == [
+        [" 0 ", " 0 ", " 1.000 "],
+        [" 0 ", " 1 ", " 1.000 "],
+        [" 1 ", " 0 ", " 1.000 "],
+        [" 1 ", " 1 ", " 1.000 "],
+    ]
+    assert [float(r.split("|")[4]) for r in rows[2:]] == pytest.approx([-0.223, -2.996, -2.303, -2.996], abs=1e-3)
+    single = format_loss(ParametricCrossEntropy.from_preset("la", [90, 10])).splitlines()
+    assert single[0].startswith("| class | Δ | ι") and len(single) == 4
