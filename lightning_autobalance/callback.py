@@ -238,6 +238,14 @@ class AutoBalance(Callback):
                 f"The objective {type(self.objective).__name__} needs group labels, but the training data has none: "
                 "return (x, y, g) batches (or a data set with a `groups` attribute), or use objective='balanced'."
             )
+        if getattr(self.objective, "requires_groups", False):
+            missing = torch.nonzero(datamodule.heldout_group_class_counts.sum(1) == 0).flatten().tolist()
+            if missing:
+                raise ValueError(
+                    f"Groups {missing} have no held-out sample, so {type(self.objective).__name__} cannot see them: "
+                    f"group labels must be 0..{datamodule.num_groups - 1} with every group present (renumber them), "
+                    "or add samples of these groups."
+                )
         absent = torch.nonzero(datamodule.heldout_class_counts == 0).flatten().tolist()
         if absent:
             raise ValueError(

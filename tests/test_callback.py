@@ -344,3 +344,14 @@ def test_preset_with_an_empty_group_class_cell_fails_early(tmp_path):
     message = r"cells \(group, class\) \[\[1, 2\]\] have no training sample: use preset='ce'"
     with pytest.raises(ValueError, match=message):
         make_trainer(tmp_path, [callback]).fit(TinyModel(), datamodule=HeldOutSplit(GroupTinyData(empty_cell=True)))
+
+
+def test_group_without_heldout_sample_fails_early(tmp_path):
+    from lightning_autobalance import WorstGroup
+
+    data = GroupTinyData()
+    x, y, groups = data.dataset.tensors
+    data.dataset = TensorDataset(x, y, groups * 2)  # labels 0 and 2: group 1 has no sample at all
+    callback = make_callback(tmp_path, objective=WorstGroup())
+    with pytest.raises(ValueError, match=r"Groups \[1\] have no held-out sample, so WorstGroup cannot see them"):
+        make_trainer(tmp_path, [callback]).fit(TinyModel(), datamodule=HeldOutSplit(data))

@@ -97,6 +97,7 @@ def test_heldout_split_of_spurious_data_covers_every_cell(spurious, monkeypatch)
     assert (held_cells >= 1).all()  # the 5-sample minority cells still have a held-out sample
     assert held_cells.tolist() == [[19, 1], [1, 19]]  # round(0.2 · 95) and max(1, round(0.2 · 5))
     assert torch.equal(split.group_class_counts + held_cells, spurious.group_class_counts)
+    assert torch.equal(split.heldout_group_class_counts, held_cells)
     assert torch.equal(torch.bincount(train_g * 2 + train_y, minlength=4).view(2, 2), split.group_class_counts)
 
 

@@ -107,6 +107,10 @@ class HeldOutSplit(pl.LightningDataModule):
         seed: seed of the split and of the training order.
         num_classes: number of classes; labels outside ``[0, num_classes)`` are rejected (default: max label + 1).
 
+    After ``setup("fit")``: ``num_classes``, ``num_groups`` (1 without group labels), ``class_counts`` (K,) and
+    ``group_class_counts`` (G, K) of the train part, ``heldout_class_counts`` and ``heldout_group_class_counts`` of
+    the held-out part.
+
     Example:
         >>> from lightning_autobalance.data import MNIST1DLongTail
         >>> split = HeldOutSplit(MNIST1DLongTail(), fraction=0.2)  # doctest: +SKIP
@@ -152,11 +156,15 @@ class HeldOutSplit(pl.LightningDataModule):
             self.heldout_class_counts = torch.bincount(targets[held_idx], minlength=num_classes)
             if groups is None:
                 self.group_class_counts = self.class_counts.unsqueeze(0)
+                self.heldout_group_class_counts = self.heldout_class_counts.unsqueeze(0)
             else:
-                cells = groups[train_idx] * num_classes + targets[train_idx]
-                self.group_class_counts = torch.bincount(cells, minlength=self.num_groups * num_classes).view(
-                    self.num_groups, num_classes
-                )
+                self.group_class_counts = self._cell_counts(targets[train_idx], groups[train_idx])
+                self.heldout_group_class_counts = self._cell_counts(targets[held_idx], groups[held_idx])
+
+    def _cell_counts(self, targets: Tensor, groups: Tensor) -> Tensor:
+        """Samples per (group, class) cell, shape (num_groups, num_classes)."""
+        cells = groups * self.num_classes + targets
+        return torch.bincount(cells, minlength=self.num_groups * self.num_classes).view(self.num_groups, -1)
 
     def _require_setup(self) -> DataLoader:
         if self._template is None:
