@@ -22,6 +22,10 @@ MNIST-1D-LT proportions (n_max = 400, 40×1 inputs) for the CNN. Reduced epochs:
 so 5 hyper-steps) instead of a full pass over the data; the reference search epoch on ResNet-32 is measured with
 ``--reference-steps`` weight steps (default 20, so 1 hyper-step) and extrapolated to ``--steps`` as
 ``plain + hyper-steps × measured hyper-step time`` — say so when quoting it.
+
+``PYTHONPATH=. python benchmarks/hyperstep.py --search-seeds 0,1,2`` runs, instead, the end-to-end comparison on
+MNIST-1D-LT: the CLI's search + retrain with ``autobalance=default`` and with ``autobalance=reference`` per seed
+(balanced test error after retraining, held-out error of the search model, search-phase wall and CPU seconds).
 """
 
 from __future__ import annotations
@@ -226,53 +230,41 @@ def launch(args, model: str, config: str, steps: int, **cosine: int) -> dict[str
 def search_compare(seeds: list[int], out: Path, presets: tuple[str, ...] = ("default", "reference")) -> None:
     """Acceptance check on MNIST-1D-LT: the CLI's search + retrain with ``autobalance=default`` and
     ``autobalance=reference`` (same seeds, interleaved so machine load hits both alike); prints the AutoBalance balanced
-    test error after retraining, the search model's held-out balanced error and the search phase's wall time."""
-    import lightning.pytorch as pl
+    test error after retraining, the search model's held-out balanced error and the search phase's wall and CPU time
+    (the CLI's ``results.json`` ``seconds``)."""
     from hydra import compose, initialize_config_dir
 
     from lightning_autobalance import cli
 
     conf = Path(__file__).resolve().parents[1] / "conf"
-    fit_times: dict[str, float] = {}
-    original_fit = pl.Trainer.fit
-
-    def timed_fit(self: pl.Trainer, *args, **kwargs):  # wall time of each phase's fit, keyed by its logger's name
-        t0 = time.perf_counter()
-        try:
-            return original_fit(self, *args, **kwargs)
-        finally:
-            fit_times[self.logger.name if self.logger else "fit"] = time.perf_counter() - t0
-
-    pl.Trainer.fit = timed_fit  # type: ignore[method-assign]
     rows = []
-    try:
-        for seed in seeds:
-            for preset in presets:
-                with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-                    overrides = [f"autobalance={preset}", f"seed={seed}", "phases=[search,retrain]"]
-                    cfg = compose("config", overrides=[*overrides, "trainer.enable_progress_bar=false"])
-                fit_times.clear()
-                results = cli.run(cfg, out / f"{preset}_{seed}")
-                search = results["AutoBalance (search model)"]
-                rows.append(
-                    (preset, seed, results["AutoBalance"]["balanced_error"], search["heldout_balanced_error"],
-                     fit_times.get("search", float("nan")))
-                )  # fmt: skip
-                print(
-                    f"{preset:<10} seed {seed}: balanced test error {100 * rows[-1][2]:.2f}%, held-out (search model) "
-                    f"{100 * rows[-1][3]:.2f}%, search phase {rows[-1][4]:.0f} s",
-                    flush=True,
-                )
-    finally:
-        pl.Trainer.fit = original_fit  # type: ignore[method-assign]
+    for seed in seeds:
+        for preset in presets:
+            with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+                overrides = [f"autobalance={preset}", f"seed={seed}", "phases=[search,retrain]"]
+                cfg = compose("config", overrides=[*overrides, "trainer.enable_progress_bar=false"])
+            run_dir = out / f"{preset}_{seed}"
+            results = cli.run(cfg, run_dir)
+            search_time = json.loads((run_dir / "results.json").read_text())["seconds"]["search"]
+            search = results["AutoBalance (search model)"]
+            rows.append(
+                (preset, seed, results["AutoBalance"]["balanced_error"], search["heldout_balanced_error"],
+                 search_time["wall"], search_time["cpu"])
+            )  # fmt: skip
+            print(
+                f"{preset:<10} seed {seed}: balanced test error {100 * rows[-1][2]:.2f}%, held-out (search model) "
+                f"{100 * rows[-1][3]:.2f}%, search phase {rows[-1][4]:.0f} s wall, {rows[-1][5]:.0f} s CPU",
+                flush=True,
+            )
     for preset in presets:
         errors = torch.tensor([r[2] for r in rows if r[0] == preset]) * 100
         held = torch.tensor([r[3] for r in rows if r[0] == preset]) * 100
-        times = torch.tensor([r[4] for r in rows if r[0] == preset])
+        wall = torch.tensor([r[4] for r in rows if r[0] == preset])
+        cpu = torch.tensor([r[5] for r in rows if r[0] == preset])
         print(
             f"{preset:<10} balanced test error {errors.mean():.2f} ± {errors.std():.2f}%, held-out {held.mean():.2f} ± "
-            f"{held.std():.2f}% (mean ± sd over {len(errors)} seeds); search phase {times.mean():.0f} ± "
-            f"{times.std():.0f} s"
+            f"{held.std():.2f}% (mean ± sd over {len(errors)} seeds); search phase {wall.mean():.0f} ± "
+            f"{wall.std():.0f} s wall, {cpu.mean():.0f} ± {cpu.std():.0f} CPU-s"
         )
 
 

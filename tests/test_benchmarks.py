@@ -352,3 +352,30 @@ def test_accuracy_end_to_end_tiny(tmp_path):
     assert accuracy.main([*args, "--resume"]) == 0
     meta = json.loads((tmp_path / "out" / "accuracy.json").read_text())["meta"]
     assert meta["jobs_resumed"] == 3 and len(meta["invocations"]) == 1  # a resume that ran nothing adds no entry
+
+
+dev_sweep = _load("dev_sweep")
+
+
+def test_dev_sweep_never_uses_the_benchmark_data_and_summarises_fabricated_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        dev_sweep.main(["--data-seeds", "0", "1", "--work", str(tmp_path)])
+    assert "data seed 0 is the benchmark's data set" in capsys.readouterr().err
+    runs = dev_sweep.runs({"lr 0.01": ["autobalance.hyper_optimizer.lr=0.01"]})
+    assert runs["lr 0.01 [LA init]"] == [
+        "phases=[search,retrain]",
+        "autobalance.preset=la",
+        "autobalance.hyper_optimizer.lr=0.01",
+    ]
+    assert set(runs) == {"CE", "LA", "CDT", "lr 0.01 [CE init]", "lr 0.01 [LA init]"}
+    for seed, (test, held) in {1: (0.2, 0.1), 2: (0.3, 0.25)}.items():
+        out = dev_sweep.folder(tmp_path, "lr 0.01 [CE init]", seed)
+        out.mkdir(parents=True)
+        results = {
+            "AutoBalance (search model)": {"heldout_balanced_error": held},
+            "AutoBalance": {"balanced_error": test},
+        }
+        (out / "results.json").write_text(json.dumps({"results": results}))
+    line = dev_sweep.summary_line(tmp_path, "lr 0.01 [CE init]", [1, 2])
+    assert line == "| lr 0.01 [CE init] | 20.0 / 30.0 | **25.00** | 10.0 / 25.0 |"
+    assert "missing" in dev_sweep.summary_line(tmp_path, "CE", [1])

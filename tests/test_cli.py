@@ -79,7 +79,7 @@ def test_sweeper_and_launcher_configs_compose(tmp_path):
     for key in full.hydra.sweeper.params:  # every swept key exists in the config it overrides
         assert OmegaConf.select(cfg, key) is not None, key
     assert full.hydra.launcher._target_.endswith("SlurmLauncher")
-    assert cfg.autobalance.hyper_optimizer.lr == 0.05
+    assert cfg.autobalance.hyper_optimizer.lr == 0.01
 
 
 @pytest.mark.slow
