@@ -150,7 +150,7 @@ def format_loss(loss: ParametricCrossEntropy) -> str:
 def plot_results(
     results: dict[str, dict[str, Any]], loss: ParametricCrossEntropy | None, counts: list[int], path: Path
 ) -> None:
-    """Per-class test error of each model, and the learned Δ and ι per class, as one PNG (written atomically)."""
+    """Per-class test error of each model and the learned Δ, ι per class (and group) as one PNG, written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,8 +169,11 @@ def plot_results(
     axes[0, 0].legend()
     if loss is not None:
         ax = axes[0, 1]
-        ax.plot(classes, loss.delta()[0].detach().cpu().tolist(), "o-", label="Δ (logit scale)")
-        ax.plot(classes, loss.iota()[0].detach().cpu().tolist(), "s-", label="ι (logit shift)")
+        delta, iota = loss.delta().detach().cpu(), loss.iota().detach().cpu()
+        for g in range(loss.num_groups):  # one line per group when the loss is per (group, class)
+            suffix = f", group {g}" if loss.num_groups > 1 else ""
+            ax.plot(classes, delta[g].tolist(), "o-", label=f"Δ (logit scale){suffix}")
+            ax.plot(classes, iota[g].tolist(), "s--", label=f"ι (logit shift){suffix}")
         ax.axhline(0, color="grey", lw=0.5)
         ax.set(xlabel="class", title="Learned loss parameters")
         ax.legend()

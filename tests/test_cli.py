@@ -113,3 +113,26 @@ def test_format_loss_lists_every_group_class_cell():
     assert [float(r.split("|")[4]) for r in rows[2:]] == pytest.approx([-0.223, -2.996, -2.303, -2.996], abs=1e-3)
     single = format_loss(ParametricCrossEntropy.from_preset("la", [90, 10])).splitlines()
     assert single[0].startswith("| class | Δ | ι") and len(single) == 4
+
+
+def test_plot_draws_the_learned_loss_of_every_group(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from lightning_autobalance import ParametricCrossEntropy
+    from lightning_autobalance.cli import plot_results
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    loss = ParametricCrossEntropy.from_preset("la", group_counts=[[80, 5], [10, 5]])
+    results = {"CE": {"class_errors": [0.1, 0.5]}}
+    plot_results(results, loss, [90, 10], tmp_path / "per_class.png")
+    assert (tmp_path / "per_class.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _, labels = figures[0].axes[1].get_legend_handles_labels()
+    assert labels == [
+        "Δ (logit scale), group 0",
+        "ι (logit shift), group 0",
+        "Δ (logit scale), group 1",
+        "ι (logit shift), group 1",
+    ]
+    iota_group_1 = figures[0].axes[1].lines[3].get_ydata()
+    assert list(iota_group_1) == pytest.approx([-2.303, -2.996], abs=1e-3)
