@@ -1,6 +1,6 @@
 """Hyper-step engines side by side: time, peak memory and accuracy of the hypergradient.
 
-Run ``PYTHONPATH=. python benchmarks/hyperstep.py`` (about 10 minutes on 2 CPU threads). For each model — ResNet-32 on
+Run ``PYTHONPATH=. python benchmarks/hyperstep.py`` (about 13 minutes on 2 CPU threads). For each model — ResNet-32 on
 CIFAR-shaped inputs and the MNIST-1D CNN — and each configuration, a *separate child process* trains for a reduced
 epoch and reports its wall time and peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``):
 
@@ -281,7 +281,7 @@ def main() -> None:
     parser.add_argument("--accurate-iters", type=int, default=20, help="CG iterations of the high-accuracy solve")
     parser.add_argument("--cos-batch", type=int, default=BATCH, help="batch size in the cosine part")
     parser.add_argument("--cos-batches", type=int, default=HYPER_BATCHES, help="train = held-out batches, cosine part")
-    parser.add_argument("--resnet-cosine", default="32,4,10,1", help="ResNet cosine: batch,batches,CG iters,draws")
+    parser.add_argument("--resnet-cosine", default="32,4,10,4", help="ResNet cosine: batch,batches,CG iters,draws")
     parser.add_argument("--state", default="", help=argparse.SUPPRESS)
     parser.add_argument("--search-seeds", default="", help="e.g. 0,1,2: run the MNIST-1D-LT search comparison instead")
     parser.add_argument("--search-presets", default="default,reference", help="autobalance configs compared")

@@ -379,3 +379,24 @@ def test_dev_sweep_never_uses_the_benchmark_data_and_summarises_fabricated_runs(
     line = dev_sweep.summary_line(tmp_path, "lr 0.01 [CE init]", [1, 2])
     assert line == "| lr 0.01 [CE init] | 20.0 / 30.0 | **25.00** | 10.0 / 25.0 |"
     assert "missing" in dev_sweep.summary_line(tmp_path, "CE", [1])
+
+
+@pytest.mark.slow
+def test_hyperstep_benchmark_runs_every_configuration_on_the_small_model():
+    """A reduced run of benchmarks/hyperstep.py (about 45 s): every row, the cosines and the acceptance line print."""
+    import re
+    import subprocess
+
+    from tests.conftest import subprocess_env
+
+    command = [sys.executable, str(ROOT / "benchmarks" / "hyperstep.py"), "--models", "mnist1d", "--steps", "20"]
+    command += ["--draws", "1", "--accurate-iters", "3", "--cos-batches", "2", "--cos-batch", "32"]
+    done = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines() if line[:1].isalpha()}
+    for config in ("plain", "default", "cached", "reference"):
+        assert float(rows[config][0]) > 0  # epoch seconds
+    cosines = dict(re.findall(r"^  (\w+)\s+(-?\d\.\d+)$", done.stdout, flags=re.M))
+    assert set(cosines) >= {"default", "reference", "one_step"}
+    assert all(-1.0 <= float(c) <= 1.0 for c in cosines.values())
+    assert "acceptance: default epoch" in done.stdout and "ratios: default/reference" in done.stdout
