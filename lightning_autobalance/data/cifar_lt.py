@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, CIFAR100
 
+from lightning_autobalance.data.image_splits import image_loader
 from lightning_autobalance.data.profiles import Profile, long_tail_counts
 
 __all__ = [
@@ -214,13 +215,7 @@ class CIFARLongTail(pl.LightningDataModule):
         self.class_counts = torch.bincount(targets[index], minlength=self.num_classes)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return image_loader(dataset, self.batch_size, self.num_workers, shuffle)
 
     def train_dataloader(self) -> DataLoader:
         """Long-tailed training subsample, shuffled and augmented."""

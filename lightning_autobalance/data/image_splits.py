@@ -9,6 +9,13 @@ from torch.utils.data import DataLoader, Dataset
 __all__ = ["SplitGroupDataModule"]
 
 
+def image_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool) -> DataLoader:
+    """The loader of the image datamodules: worker processes kept alive between epochs when there are any."""
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, persistent_workers=num_workers > 0
+    )
+
+
 class SplitGroupDataModule(pl.LightningDataModule):
     """Loaders over the ``train_set``, ``val_set`` and ``test_set`` of a subclass, with ``(x, y, g)`` items.
 
@@ -32,13 +39,7 @@ class SplitGroupDataModule(pl.LightningDataModule):
         self.class_counts = self.group_class_counts.sum(0)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return image_loader(dataset, self.batch_size, self.num_workers, shuffle)
 
     def train_dataloader(self) -> DataLoader:
         """Training split, shuffled."""
