@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
-import torch
 from torch.utils.data import DataLoader, Dataset
+
+from lightning_autobalance.data.labels import group_class_counts
 
 __all__ = ["SplitGroupDataModule"]
 
@@ -33,9 +34,8 @@ class SplitGroupDataModule(pl.LightningDataModule):
 
     def _count_training_cells(self) -> None:
         """Set ``group_class_counts`` (G, K) and ``class_counts`` (K,) of the training split."""
-        cells = self.train_set.groups * self.num_classes + self.train_set.targets  # type: ignore[attr-defined]
-        cells_total = self.num_groups * self.num_classes
-        self.group_class_counts = torch.bincount(cells, minlength=cells_total).view(self.num_groups, self.num_classes)
+        targets, groups = self.train_set.targets, self.train_set.groups  # type: ignore[attr-defined]
+        self.group_class_counts = group_class_counts(targets, groups, self.num_groups, self.num_classes)
         self.class_counts = self.group_class_counts.sum(0)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:

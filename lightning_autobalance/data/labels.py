@@ -9,7 +9,18 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-__all__ = ["dataset_labels"]
+__all__ = ["dataset_labels", "group_class_counts"]
+
+
+def group_class_counts(targets: Tensor, groups: Tensor | None, num_groups: int, num_classes: int) -> Tensor:
+    """Samples per (group, class) cell, shape (num_groups, num_classes); one row when ``groups`` is ``None``.
+
+    Example:
+        >>> group_class_counts(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), 2, 2).tolist()
+        [[1, 1], [0, 1]]
+    """
+    cells = targets if groups is None else groups * num_classes + targets
+    return torch.bincount(cells, minlength=num_groups * num_classes).view(num_groups, num_classes)
 
 
 def _as_long(values: Any) -> Tensor:

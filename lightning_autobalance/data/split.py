@@ -11,7 +11,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from lightning_autobalance.data.labels import dataset_labels
+from lightning_autobalance.data.labels import dataset_labels, group_class_counts
 
 __all__ = ["HeldOutSplit", "stratified_split"]
 
@@ -152,19 +152,12 @@ class HeldOutSplit(pl.LightningDataModule):
             self.train_dataset: Dataset = Subset(dataset, train_idx.tolist())
             self.heldout_dataset: Dataset = Subset(dataset, held_idx.tolist())
             self.num_groups = 1 if groups is None else int(groups.max()) + 1
-            self.class_counts = torch.bincount(targets[train_idx], minlength=num_classes)
-            self.heldout_class_counts = torch.bincount(targets[held_idx], minlength=num_classes)
-            if groups is None:
-                self.group_class_counts = self.class_counts.unsqueeze(0)
-                self.heldout_group_class_counts = self.heldout_class_counts.unsqueeze(0)
-            else:
-                self.group_class_counts = self._cell_counts(targets[train_idx], groups[train_idx])
-                self.heldout_group_class_counts = self._cell_counts(targets[held_idx], groups[held_idx])
-
-    def _cell_counts(self, targets: Tensor, groups: Tensor) -> Tensor:
-        """Samples per (group, class) cell, shape (num_groups, num_classes)."""
-        cells = groups * self.num_classes + targets
-        return torch.bincount(cells, minlength=self.num_groups * self.num_classes).view(self.num_groups, -1)
+            train_groups, held_groups = (None, None) if groups is None else (groups[train_idx], groups[held_idx])
+            shape = (self.num_groups, num_classes)
+            self.group_class_counts = group_class_counts(targets[train_idx], train_groups, *shape)
+            self.heldout_group_class_counts = group_class_counts(targets[held_idx], held_groups, *shape)
+            self.class_counts = self.group_class_counts.sum(0)
+            self.heldout_class_counts = self.heldout_group_class_counts.sum(0)
 
     def _require_setup(self) -> DataLoader:
         if self._template is None:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_autobalance.data.labels import group_class_counts
 from lightning_autobalance.data.mnist1d_lt import generate_mnist1d
 
 __all__ = ["GroupTensorDataset", "SpuriousMNIST1D"]
@@ -150,8 +151,8 @@ class SpuriousMNIST1D(pl.LightningDataModule):
             train_g.append(groups)
         self.train_set = self._build(x, labels, torch.cat(train_idx), torch.cat(train_g))
         self.test_set = self._build(x, labels, torch.cat(test_idx), torch.cat(test_g))
-        cells = self.train_set.groups * self.num_classes + self.train_set.targets
-        self.group_class_counts = torch.bincount(cells, minlength=4).view(self.num_groups, self.num_classes)
+        train = self.train_set
+        self.group_class_counts = group_class_counts(train.targets, train.groups, self.num_groups, self.num_classes)
         self.class_counts = self.group_class_counts.sum(0)
 
     def _build(self, x: Tensor, labels: Tensor, index: Tensor, groups: Tensor) -> GroupTensorDataset:
