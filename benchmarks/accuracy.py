@@ -36,7 +36,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,6 +48,11 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the package's atomic writer; jobs get the package through child_env()
+    sys.path.insert(0, str(REPO))
+
+from lightning_autobalance.learned_loss import write_text_atomic  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results"
 WORK = REPO / "outputs" / "benchmarks" / "accuracy"
 
@@ -655,22 +659,6 @@ def describe_autobalance(cfg: Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------- outputs
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` through a temporary file in the same folder and an atomic rename (no torch import here)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def plot(summary: Mapping[str, Any], dataset: str, path: Path) -> None:
