@@ -26,3 +26,18 @@ def subprocess_env() -> dict[str, str]:
         env.pop(key, None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def central_differences(value, hparams, name, eps=1e-5):
+    """d value(hparams) / d hparams[name] by central differences, flattened; ``value`` maps hparams to a number."""
+    import torch
+
+    grad = torch.zeros(hparams[name].numel(), dtype=hparams[name].dtype)
+    for i in range(grad.numel()):
+        values = []
+        for sign in (1, -1):
+            shifted = {k: v.clone() for k, v in hparams.items()}
+            shifted[name].view(-1)[i] += sign * eps
+            values.append(float(value(shifted)))
+        grad[i] = (values[0] - values[1]) / (2 * eps)
+    return grad

@@ -12,6 +12,7 @@ from lightning_autobalance.hypergrad import Exact, hypergradient, last_layer_hyp
 from lightning_autobalance.learned_loss import LearnedLossError, load_loss, save_loss
 from lightning_autobalance.losses import HPARAM_KINDS, ParametricCrossEntropy
 from lightning_autobalance.objectives import balanced_cross_entropy
+from tests.conftest import central_differences
 
 D, K, RIDGE = 5, 3, 0.1
 COUNTS = [60, 25, 8]
@@ -177,15 +178,8 @@ def problem():
 def test_hypergradient_matches_finite_differences_of_the_resolved_inner_problem(problem, kind):
     # every learnable kind, the augmentation strengths included: d outer(θ*(α)) / dα by central differences
     *_, inner, outer, _params, hparams, result = problem
-    name, eps = f"raw_{kind}", 1e-5
-    fd = torch.zeros(hparams[name].numel())
-    for i in range(fd.numel()):
-        values = []
-        for sign in (1, -1):
-            shifted = {k: v.clone() for k, v in hparams.items()}
-            shifted[name].view(-1)[i] += sign * eps
-            values.append(float(outer(solve_inner(inner, shifted), shifted)))
-        fd[i] = (values[0] - values[1]) / (2 * eps)
+    name = f"raw_{kind}"
+    fd = central_differences(lambda h: outer(solve_inner(inner, h), h), hparams, name, eps=1e-5)
     assert fd.abs().max() > 1e-4  # the kind really moves the held-out objective: the test can fail
     torch.testing.assert_close(result.grads[name].reshape(-1), fd, rtol=1e-4, atol=1e-8)
 

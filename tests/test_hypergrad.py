@@ -17,6 +17,7 @@ from lightning_autobalance.hypergrad import (
 )
 from lightning_autobalance.losses import ParametricCrossEntropy
 from lightning_autobalance.objectives import balanced_cross_entropy
+from tests.conftest import central_differences
 
 D, K, RIDGE = 5, 3, 0.1
 
@@ -152,16 +153,8 @@ def test_conjugate_gradient_matches_dense_ift(problem):
 
 def test_hypergradient_matches_finite_differences_of_resolved_inner(problem):
     inner, outer, params, hparams, _exact, _ = problem
-    eps = 1e-5
     name = "raw_iota"
-    fd = torch.zeros_like(hparams[name]).reshape(-1)
-    for i in range(fd.numel()):
-        values = []
-        for sign in (1, -1):
-            shifted = {k: v.clone() for k, v in hparams.items()}
-            shifted[name].view(-1)[i] += sign * eps
-            values.append(float(outer(solve_inner(inner, shifted), shifted)))
-        fd[i] = (values[0] - values[1]) / (2 * eps)
+    fd = central_differences(lambda h: outer(solve_inner(inner, h), h), hparams, name, eps=1e-5)
     result = hypergradient(inner, outer, params, hparams, ConjugateGradient(iters=60))
     torch.testing.assert_close(result.grads[name].reshape(-1), fd, rtol=1e-4, atol=1e-7)
 
