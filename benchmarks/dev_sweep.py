@@ -25,8 +25,7 @@ from pathlib import Path
 from statistics import mean
 
 REPO = Path(__file__).resolve().parents[1]
-BASELINES = {"CE": ["phases=[baseline]", "loss=ce"], "LA": ["phases=[baseline]", "loss=la"]}
-BASELINES["CDT"] = ["phases=[baseline]", "loss=cdt"]
+BASELINES = {name: ["phases=[baseline]", f"loss={name.lower()}"] for name in ("CE", "LA", "CDT")}
 NEUMANN = ["~autobalance.solver", "+autobalance.solver={_target_:lightning_autobalance.Neumann,terms:5,alpha:0.05}"]
 VARIANTS: dict[str, list[str]] = {
     "Adam lr 0.005": ["autobalance.hyper_optimizer.lr=0.005"],
