@@ -1,8 +1,8 @@
 """Hyper-step engines side by side: time, peak memory and accuracy of the hypergradient.
 
-Run ``PYTHONPATH=. python benchmarks/hyperstep.py`` (about 13 minutes on 2 CPU threads). For each model — ResNet-32 on
-CIFAR-shaped inputs and the MNIST-1D CNN — and each configuration, a *separate child process* trains for a reduced
-epoch and reports its wall time and peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``):
+Run ``PYTHONPATH=. python benchmarks/hyperstep.py`` (about 35 minutes on 2 CPU threads, most of it ResNet-32's cosine
+part). For each model — ResNet-32 on CIFAR-shaped inputs and the MNIST-1D CNN — and each configuration, a *separate
+child process* trains for a reduced epoch and reports its wall time and peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``):
 
 * ``plain``: weight steps only (batch 128, SGD);
 * ``default`` / ``cached`` / ``reference``: the search phase at the reference schedule — a hyper-step every 20 weight
@@ -12,9 +12,14 @@ epoch and reports its wall time and peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss
   resume-exact) or the ``reference`` preset (full-network Hessian, Neumann 5 terms step 1, all graphs held).
 
 Accuracy: starting from the weights after the plain epoch, 10 more weight steps fill the cached variant's cache; then
-the hypergradients of several engines on fresh batch draws are compared (cosine) with a high-accuracy one: full-network
-Hessian, conjugate gradient with many iterations on twice as many batches (a superset of the engines' batches).
-On ResNet-32 this part is reduced to fit the time budget (``--cos-batch``, ``--cos-batches``, ``--accurate-iters``).
+each engine's hypergradient on fresh draws of the reference schedule's batches (``--cos-batches`` train + held-out
+batches of ``--cos-batch``, ``--draws`` draws) is compared (cosine) with a high-accuracy one: the whole network with the
+Gauss-Newton curvature (positive semi-definite, so conjugate gradient converges; the damped full Hessian of a network
+in training is indefinite and long CG on it is not a well-defined target), damping 0.1, CG run to a relative residual
+of 1e-4 (the residual reached is printed), on ``--target-batches`` train batches and the *whole* held-out split — the
+bilevel problem as posed, up to the sampled train side. Per-draw values and mean ± sd are printed. ``--subsets`` adds
+the whole-network Gauss-Newton CG10 restricted to the head plus the last BatchNorm's affine parameters, and to the head
+plus every BatchNorm's: where the part of the hypergradient that the last-layer default misses lives.
 
 Data are random (no download): Gaussian inputs with a weak class-dependent mean (so training makes progress), with
 class counts in CIFAR10-LT proportions (n_max = 5000, imbalance 100, 80% train / 20% held-out) for ResNet-32 and
@@ -94,10 +99,10 @@ def make_model(model: str) -> Classifier:
     return Classifier(resnet32(10) if model == "resnet32" else MNIST1DConvNet(10))
 
 
-def draw(data, count: int, gen: torch.Generator) -> list[tuple[Tensor, Tensor]]:
+def draw(data, count: int, gen: torch.Generator, batch: int = BATCH) -> list[tuple[Tensor, Tensor]]:
     x, y = data
-    order = torch.randperm(len(y), generator=gen)[: count * BATCH]
-    return [(x[idx], y[idx]) for idx in order.split(BATCH)]
+    order = torch.randperm(len(y), generator=gen)[: count * batch]
+    return [(x[idx], y[idx]) for idx in order.split(batch)]
 
 
 def engine_for(name: str):
@@ -169,7 +174,47 @@ def flat(grads: dict[str, Tensor]) -> Tensor:
     return torch.cat([g.reshape(-1) for g in grads.values()])
 
 
-def cosines(model_name: str, state: str, args) -> dict[str, float]:
+class ConvergedCG:
+    """Conjugate gradient to a relative residual of 1e-4 that records the residual it reached."""
+
+    def __init__(self, iters: int, damping: float = 0.1) -> None:
+        self.solver = ConjugateGradient(iters=iters, damping=damping, tol=1e-4)
+        self.residual = float("nan")
+
+    def __call__(self, hvp, rhs):
+        x = self.solver(hvp, rhs)
+        residual = [h + self.solver.damping * xi - v for h, xi, v in zip(hvp(x), x, rhs, strict=True)]
+        self.residual = float(flat(dict(enumerate(residual))).norm() / flat(dict(enumerate(rhs))).norm())
+        return x
+
+
+class Restricted:
+    """CG 10 (damping 0.1) with θ restricted to the parameters flagged in ``keep`` (the others' components are 0)."""
+
+    def __init__(self, keep: list[bool]) -> None:
+        self.keep = keep
+
+    def __call__(self, hvp, rhs):
+        def mask(vectors):
+            return tuple(v if k else torch.zeros_like(v) for v, k in zip(vectors, self.keep, strict=True))
+
+        return ConjugateGradient(iters=10, damping=0.1)(lambda vectors: mask(hvp(mask(vectors))), mask(rhs))
+
+
+def subset_engines(model: nn.Module) -> dict[str, FullNetwork]:
+    """Whole-network Gauss-Newton CG10 restricted to the head plus the last / every BatchNorm's affine parameters."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    head = {id(p) for p in model.autobalance_head().parameters()}
+    last = head | {id(p) for p in norms[-1].parameters()}
+    every = head | {id(p) for m in norms for p in m.parameters()}
+    params = list(model.parameters())
+    return {
+        "head+last_bn_cg10": FullNetwork(Restricted([id(p) in last for p in params]), curvature="gauss_newton"),
+        "head+every_bn_cg10": FullNetwork(Restricted([id(p) in every for p in params]), curvature="gauss_newton"),
+    }
+
+
+def cosines(model_name: str, state: str, args) -> dict:
     counts, train, heldout = make_data(model_name)
     model = make_model(model_name).train()
     loss = ParametricCrossEntropy.from_preset("ce", counts, learnable=("delta", "iota"))
@@ -187,24 +232,28 @@ def cosines(model_name: str, state: str, args) -> dict[str, float]:
         "default": LastLayer(),
         "default_cached": cached,
         "reference": Reference(),
-        "full_cg10": FullNetwork(ConjugateGradient(iters=10, damping=0.1)),
         "gauss_newton_cg10": FullNetwork(ConjugateGradient(iters=10, damping=0.1), curvature="gauss_newton"),
         "one_step": FullNetwork(OneStep(lr=0.1)),
+        **(subset_engines(model) if args.subsets else {}),
     }
-    accurate = FullNetwork(ConjugateGradient(iters=args.accurate_iters, damping=0.1, tol=1e-6))
-    sums = dict.fromkeys(engines, 0.0)
-    x, y = train
-    n = args.cos_batches
+    accurate = ConvergedCG(args.accurate_iters)
+    target_train = draw(train, min(args.target_batches, len(train[1]) // BATCH), gen)
+    whole_heldout = [(heldout[0][i], heldout[1][i]) for i in torch.arange(len(heldout[1])).split(BATCH)]
+    high = FullNetwork(accurate, curvature="gauss_newton")(context(model, loss, target_train, whole_heldout))
+    target = flat(high.grads)
+    values: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(args.draws):
-        order = torch.randperm(len(y), generator=gen)[: 2 * n * args.cos_batch]
-        tr = [(x[i], y[i]) for i in order.split(args.cos_batch)]
-        order = torch.randperm(len(heldout[1]), generator=gen)[: 2 * n * args.cos_batch]
-        ho = [(heldout[0][i], heldout[1][i]) for i in order.split(args.cos_batch)]
-        target = flat(accurate(context(model, loss, tr, ho)).grads)
+        n, size = args.cos_batches, args.cos_batch
+        ctx = context(model, loss, draw(train, n, gen, size), draw(heldout, n, gen, size))
         for name, engine in engines.items():
-            g = flat(engine(context(model, loss, tr[:n], ho[:n])).grads)
-            sums[name] += float(torch.nn.functional.cosine_similarity(g, target, dim=0)) / args.draws
-    return sums
+            g = flat(engine(ctx).grads)
+            values[name].append(float(torch.nn.functional.cosine_similarity(g, target, dim=0)))
+    return {
+        "cosines": values,
+        "residual": accurate.residual,
+        "target_train": len(target_train) * BATCH,
+        "heldout": len(heldout[1]),
+    }
 
 
 def child(args) -> None:
@@ -219,6 +268,7 @@ def child(args) -> None:
 def launch(args, model: str, config: str, steps: int, **cosine: int) -> dict[str, float]:
     command = [sys.executable, __file__, "--child", "--model", model, "--config", config, "--steps", str(steps)]
     command += ["--threads", str(args.threads), "--draws", str(args.draws), "--state", args.state]
+    command += ["--subsets"] if args.subsets else []
     for key, value in cosine.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -277,11 +327,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="weight steps of the reduced epoch")
     parser.add_argument("--reference-steps", type=int, default=20, help="weight steps of the ResNet reference run")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--draws", type=int, default=2, help="hyper-batch draws averaged in the cosine")
-    parser.add_argument("--accurate-iters", type=int, default=20, help="CG iterations of the high-accuracy solve")
-    parser.add_argument("--cos-batch", type=int, default=BATCH, help="batch size in the cosine part")
-    parser.add_argument("--cos-batches", type=int, default=HYPER_BATCHES, help="train = held-out batches, cosine part")
-    parser.add_argument("--resnet-cosine", default="32,4,10,4", help="ResNet cosine: batch,batches,CG iters,draws")
+    parser.add_argument("--draws", type=int, default=3, help="hyper-batch draws in the cosine part")
+    parser.add_argument("--accurate-iters", type=int, default=50, help="CG iteration cap of the high-accuracy solve")
+    parser.add_argument("--target-batches", type=int, default=32, help="train batches of the high-accuracy solve")
+    parser.add_argument("--cos-batch", type=int, default=BATCH, help="batch size of the engines' draws")
+    parser.add_argument("--cos-batches", type=int, default=HYPER_BATCHES, help="train = held-out batches per draw")
+    parser.add_argument("--subsets", action="store_true", help="add the head + BatchNorm-restricted engines (slow)")
     parser.add_argument("--state", default="", help=argparse.SUPPRESS)
     parser.add_argument("--search-seeds", default="", help="e.g. 0,1,2: run the MNIST-1D-LT search comparison instead")
     parser.add_argument("--search-presets", default="default,reference", help="autobalance configs compared")
@@ -312,12 +363,15 @@ def main() -> None:
         note = "" if ref_steps == args.steps else f" (extrapolated from {ref_steps} steps)"
         if ref_steps == args.steps:
             reference_epoch = reference["epoch_time"]
-        if model == "resnet32":
-            batch, batches, iters, draws = (int(v) for v in args.resnet_cosine.split(","))
-        else:
-            batch, batches, iters, draws = args.cos_batch, args.cos_batches, args.accurate_iters, args.draws
         cos = launch(
-            args, model, "cosine", args.steps, cos_batch=batch, cos_batches=batches, accurate_iters=iters, draws=draws
+            args,
+            model,
+            "cosine",
+            args.steps,
+            cos_batch=args.cos_batch,
+            cos_batches=args.cos_batches,
+            accurate_iters=args.accurate_iters,
+            target_batches=args.target_batches,
         )
         print(f"\n## {model}")
         print(
@@ -337,17 +391,24 @@ def main() -> None:
                 + ("" if name == "plain" else in_process)
                 + (note if name == "reference" else "")
             )
+        n, size = args.cos_batches, args.cos_batch
         print(
-            f"mean cosine to the high-accuracy hypergradient (full Hessian, CG {iters} it. damping 0.1, on "
-            f"{2 * batches}+{2 * batches} batches of {batch}; engines on {batches}+{batches} of them; {draws} draws):"
+            f"cosine to the high-accuracy hypergradient (whole network, Gauss-Newton, damping 0.1, CG to relative "
+            f"residual {cos['residual']:.1e}, on {cos['target_train']} train samples and the whole held-out split of "
+            f"{cos['heldout']}); engines on {args.draws} fresh draws of {n}+{n} batches of {size}, mean ± sd "
+            "(per draw):"
         )
-        for name, value in cos.items():
-            print(f"  {name:<20}{value:>8.3f}")
+        means = {}
+        for name, values in cos["cosines"].items():
+            column = torch.tensor(values, dtype=torch.float64)
+            means[name] = float(column.mean())
+            spread = float(column.std()) if len(values) > 1 else 0.0
+            print(f"  {name:<20}{means[name]:>8.3f} ± {spread:.3f}  ({', '.join(f'{v:.3f}' for v in values)})")
         print(
             f"acceptance: default epoch {default['epoch_time'] / plain['epoch_time']:.2f}x plain (in-process "
             f"{default['in_process_ratio_wall']:.2f} wall, {default['in_process_ratio_cpu']:.2f} CPU; target <= 1.5), "
             f"peak RSS {default['peak_rss_mb'] / plain['peak_rss_mb']:.2f}x plain (target <= 1.3), cosine "
-            f"{cos['default']:.3f} vs reference {cos['reference']:.3f} (target >=)"
+            f"{means['default']:.3f} vs reference {means['reference']:.3f} (target >=)"
         )
         print(
             f"ratios: default/reference epoch {default['epoch_time'] / reference_epoch:.3f}, hyper-step "

@@ -390,13 +390,27 @@ def test_hyperstep_benchmark_runs_every_configuration_on_the_small_model():
     from tests.conftest import subprocess_env
 
     command = [sys.executable, str(ROOT / "benchmarks" / "hyperstep.py"), "--models", "mnist1d", "--steps", "20"]
-    command += ["--draws", "1", "--accurate-iters", "3", "--cos-batches", "2", "--cos-batch", "32"]
+    command += [
+        "--draws",
+        "2",
+        "--accurate-iters",
+        "3",
+        "--cos-batches",
+        "2",
+        "--cos-batch",
+        "32",
+        "--target-batches",
+        "2",
+        "--subsets",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines() if line[:1].isalpha()}
     for config in ("plain", "default", "cached", "reference"):
         assert float(rows[config][0]) > 0  # epoch seconds
-    cosines = dict(re.findall(r"^  (\w+)\s+(-?\d\.\d+)$", done.stdout, flags=re.M))
-    assert set(cosines) >= {"default", "reference", "one_step"}
+    cosines = dict(
+        re.findall(r"^  ([\w+]+)\s+(-?\d\.\d+) ± \d\.\d+  \(-?\d\.\d+, -?\d\.\d+\)$", done.stdout, flags=re.M)
+    )
+    assert set(cosines) >= {"default", "reference", "one_step", "head+last_bn_cg10"}
     assert all(-1.0 <= float(c) <= 1.0 for c in cosines.values())
     assert "acceptance: default epoch" in done.stdout and "ratios: default/reference" in done.stdout
