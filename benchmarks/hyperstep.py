@@ -242,8 +242,8 @@ def cosines(model_name: str, state: str, args) -> dict:
     high = FullNetwork(accurate, curvature="gauss_newton")(context(model, loss, target_train, whole_heldout))
     target = flat(high.grads)
     values: dict[str, list[float]] = {name: [] for name in engines}
+    n, size = args.cos_batches, args.cos_batch
     for _ in range(args.draws):
-        n, size = args.cos_batches, args.cos_batch
         ctx = context(model, loss, draw(train, n, gen, size), draw(heldout, n, gen, size))
         for name, engine in engines.items():
             g = flat(engine(ctx).grads)
@@ -265,7 +265,7 @@ def child(args) -> None:
     print(json.dumps(out))
 
 
-def launch(args, model: str, config: str, steps: int, **cosine: int) -> dict[str, float]:
+def launch(args, model: str, config: str, steps: int, **cosine: int) -> dict:
     command = [sys.executable, __file__, "--child", "--model", model, "--config", config, "--steps", str(steps)]
     command += ["--threads", str(args.threads), "--draws", str(args.draws), "--state", args.state]
     command += ["--subsets"] if args.subsets else []
