@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -318,6 +317,74 @@ def search_compare(seeds: list[int], out: Path, presets: tuple[str, ...] = ("def
         )
 
 
+def section(args: argparse.Namespace, model: str) -> None:
+    """Times every configuration of one model in its own process, then prints its table, cosines and ratios."""
+    start = time.perf_counter()
+    plain = launch(args, model, "plain", args.steps)
+    default = launch(args, model, "default", args.steps)
+    cached = launch(args, model, "cached", args.steps)
+    ref_steps = args.reference_steps if model == "resnet32" else args.steps
+    reference = launch(args, model, "reference", ref_steps)
+    per_step = plain["epoch_time"] / args.steps
+    hypers = args.steps // EVERY
+    reference_epoch = per_step * args.steps + hypers * reference["hyper_step_time"]
+    note = "" if ref_steps == args.steps else f" (extrapolated from {ref_steps} steps)"
+    if ref_steps == args.steps:
+        reference_epoch = reference["epoch_time"]
+    cos = launch(
+        args,
+        model,
+        "cosine",
+        args.steps,
+        cos_batch=args.cos_batch,
+        cos_batches=args.cos_batches,
+        accurate_iters=args.accurate_iters,
+        target_batches=args.target_batches,
+    )
+    print(f"\n## {model}")
+    print(
+        f"{'config':<12}{'epoch s':>10}{'x plain':>9}{'hyper-step s':>14}{'peak RSS MB':>13}{'x plain':>9}"
+        f"{'in-process x plain (wall, CPU)':>32}"
+    )
+    for name, row, epoch in (
+        ("plain", plain, plain["epoch_time"]),
+        ("default", default, default["epoch_time"]),
+        ("cached", cached, cached["epoch_time"]),
+        ("reference", reference, reference_epoch),
+    ):
+        in_process = f"{row['in_process_ratio_wall']:>22.2f}, {row['in_process_ratio_cpu']:.2f}"
+        print(
+            f"{name:<12}{epoch:>10.1f}{epoch / plain['epoch_time']:>9.2f}{row['hyper_step_time']:>14.2f}"
+            f"{row['peak_rss_mb']:>13.0f}{row['peak_rss_mb'] / plain['peak_rss_mb']:>9.2f}"
+            + ("" if name == "plain" else in_process)
+            + (note if name == "reference" else "")
+        )
+    n, size = args.cos_batches, args.cos_batch
+    print(
+        f"cosine to the high-accuracy hypergradient (whole network, Gauss-Newton, damping 0.1, CG to relative "
+        f"residual {cos['residual']:.1e}, on {cos['target_train']} train samples and the whole held-out split of "
+        f"{cos['heldout']}); engines on {args.draws} fresh draws of {n}+{n} batches of {size}, mean ± sd "
+        "(per draw):"
+    )
+    means = {}
+    for name, values in cos["cosines"].items():
+        column = torch.tensor(values, dtype=torch.float64)
+        means[name] = float(column.mean())
+        spread = float(column.std()) if len(values) > 1 else 0.0
+        print(f"  {name:<20}{means[name]:>8.3f} ± {spread:.3f}  ({', '.join(f'{v:.3f}' for v in values)})")
+    print(
+        f"acceptance: default epoch {default['epoch_time'] / plain['epoch_time']:.2f}x plain (in-process "
+        f"{default['in_process_ratio_wall']:.2f} wall, {default['in_process_ratio_cpu']:.2f} CPU; target <= 1.5), "
+        f"peak RSS {default['peak_rss_mb'] / plain['peak_rss_mb']:.2f}x plain (target <= 1.3), cosine "
+        f"{means['default']:.3f} vs reference {means['reference']:.3f} (target >=)"
+    )
+    print(
+        f"ratios: default/reference epoch {default['epoch_time'] / reference_epoch:.3f}, hyper-step "
+        f"{default['hyper_step_time'] / reference['hyper_step_time']:.4f}, peak RSS "
+        f"{default['peak_rss_mb'] / reference['peak_rss_mb']:.3f}; section took {time.perf_counter() - start:.0f} s"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -350,71 +417,9 @@ def main() -> None:
         f"steps on {HYPER_BATCHES}+{HYPER_BATCHES} batches; {args.threads} threads; random data (see docstring)"
     )
     for model in args.models.split(","):
-        start = time.perf_counter()
-        args.state = str(Path(tempfile.gettempdir()) / f"hyperstep_bench_{model}_{os.getpid()}.pt")
-        plain = launch(args, model, "plain", args.steps)
-        default = launch(args, model, "default", args.steps)
-        cached = launch(args, model, "cached", args.steps)
-        ref_steps = args.reference_steps if model == "resnet32" else args.steps
-        reference = launch(args, model, "reference", ref_steps)
-        per_step = plain["epoch_time"] / args.steps
-        hypers = args.steps // EVERY
-        reference_epoch = per_step * args.steps + hypers * reference["hyper_step_time"]
-        note = "" if ref_steps == args.steps else f" (extrapolated from {ref_steps} steps)"
-        if ref_steps == args.steps:
-            reference_epoch = reference["epoch_time"]
-        cos = launch(
-            args,
-            model,
-            "cosine",
-            args.steps,
-            cos_batch=args.cos_batch,
-            cos_batches=args.cos_batches,
-            accurate_iters=args.accurate_iters,
-            target_batches=args.target_batches,
-        )
-        print(f"\n## {model}")
-        print(
-            f"{'config':<12}{'epoch s':>10}{'x plain':>9}{'hyper-step s':>14}{'peak RSS MB':>13}{'x plain':>9}"
-            f"{'in-process x plain (wall, CPU)':>32}"
-        )
-        for name, row, epoch in (
-            ("plain", plain, plain["epoch_time"]),
-            ("default", default, default["epoch_time"]),
-            ("cached", cached, cached["epoch_time"]),
-            ("reference", reference, reference_epoch),
-        ):
-            in_process = f"{row['in_process_ratio_wall']:>22.2f}, {row['in_process_ratio_cpu']:.2f}"
-            print(
-                f"{name:<12}{epoch:>10.1f}{epoch / plain['epoch_time']:>9.2f}{row['hyper_step_time']:>14.2f}"
-                f"{row['peak_rss_mb']:>13.0f}{row['peak_rss_mb'] / plain['peak_rss_mb']:>9.2f}"
-                + ("" if name == "plain" else in_process)
-                + (note if name == "reference" else "")
-            )
-        n, size = args.cos_batches, args.cos_batch
-        print(
-            f"cosine to the high-accuracy hypergradient (whole network, Gauss-Newton, damping 0.1, CG to relative "
-            f"residual {cos['residual']:.1e}, on {cos['target_train']} train samples and the whole held-out split of "
-            f"{cos['heldout']}); engines on {args.draws} fresh draws of {n}+{n} batches of {size}, mean ± sd "
-            "(per draw):"
-        )
-        means = {}
-        for name, values in cos["cosines"].items():
-            column = torch.tensor(values, dtype=torch.float64)
-            means[name] = float(column.mean())
-            spread = float(column.std()) if len(values) > 1 else 0.0
-            print(f"  {name:<20}{means[name]:>8.3f} ± {spread:.3f}  ({', '.join(f'{v:.3f}' for v in values)})")
-        print(
-            f"acceptance: default epoch {default['epoch_time'] / plain['epoch_time']:.2f}x plain (in-process "
-            f"{default['in_process_ratio_wall']:.2f} wall, {default['in_process_ratio_cpu']:.2f} CPU; target <= 1.5), "
-            f"peak RSS {default['peak_rss_mb'] / plain['peak_rss_mb']:.2f}x plain (target <= 1.3), cosine "
-            f"{means['default']:.3f} vs reference {means['reference']:.3f} (target >=)"
-        )
-        print(
-            f"ratios: default/reference epoch {default['epoch_time'] / reference_epoch:.3f}, hyper-step "
-            f"{default['hyper_step_time'] / reference['hyper_step_time']:.4f}, peak RSS "
-            f"{default['peak_rss_mb'] / reference['peak_rss_mb']:.3f}; section took {time.perf_counter() - start:.0f} s"
-        )
+        with tempfile.TemporaryDirectory(prefix="hyperstep_bench_") as scratch:
+            args.state = str(Path(scratch) / f"{model}.pt")  # the plain run's weights, for the cosine child
+            section(args, model)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ Example:
     >>> import tempfile, pathlib
     >>> from lightning_autobalance.losses import ParametricCrossEntropy
     >>> loss_fn = ParametricCrossEntropy.from_preset("la", [90, 10], learnable=["iota"])
-    >>> path = pathlib.Path(tempfile.mkdtemp()) / "loss.yaml"
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = pathlib.Path(folder.name) / "loss.yaml"
     >>> save_loss(loss_fn, path)
     >>> torch.equal(load_loss(path).iota(), loss_fn.iota())
     True
+    >>> folder.cleanup()
 """
 
 from __future__ import annotations

@@ -382,8 +382,9 @@ def test_dev_sweep_never_uses_the_benchmark_data_and_summarises_fabricated_runs(
 
 
 @pytest.mark.slow
-def test_hyperstep_benchmark_runs_every_configuration_on_the_small_model():
-    """A reduced run of benchmarks/hyperstep.py (about 45 s): every row, the cosines and the acceptance line print."""
+def test_hyperstep_benchmark_runs_every_configuration_on_the_small_model(tmp_path):
+    """A reduced run of benchmarks/hyperstep.py (about 45 s): every row, the cosines and the acceptance line print,
+    and the weights it hands between its processes do not outlive the run."""
     import re
     import subprocess
 
@@ -403,8 +404,12 @@ def test_hyperstep_benchmark_runs_every_configuration_on_the_small_model():
         "2",
         "--subsets",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=600, check=False)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**subprocess_env(), "TMPDIR": str(scratch)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert not any(scratch.iterdir()), sorted(scratch.iterdir())
     rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines() if line[:1].isalpha()}
     for config in ("plain", "default", "cached", "reference"):
         assert float(rows[config][0]) > 0  # epoch seconds
