@@ -120,7 +120,7 @@ def test_two_torchrun_nodes_match_single_node_ddp(tmp_path, two_processes, engin
     script += ["--strategy", "ddp"]
     nodes = [
         subprocess.Popen(
-            [*torchrun, "--node-rank", str(rank), *script],
+            [*torchrun, "--node-rank", str(rank), "--log-dir", str(tmp_path / f"torchrun{rank}"), *script],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -141,7 +141,9 @@ def test_two_torchrun_nodes_match_single_node_ddp(tmp_path, two_processes, engin
 def test_ddp_spawn_exports_the_same_alpha(tmp_path, two_processes, engine):
     from lightning_autobalance import load_loss
 
-    launch(tmp_path, "--engine", engine, "--devices", 2, "--strategy", "ddp_spawn", "--batch-size", 16)
+    # Lightning's spawn launcher hands the weights back through a tempfile.mkdtemp() folder it never removes
+    env = {**environment(), "TMPDIR": str(tmp_path)}
+    launch(tmp_path, "--engine", engine, "--devices", 2, "--strategy", "ddp_spawn", "--batch-size", 16, env=env)
     # the calling process never ran the search itself; the learned loss reaches it through the exported file
     assert json.loads((tmp_path / "spawn.json").read_text()) == {"has_loss": False}
     loss = load_loss(tmp_path / "loss.yaml")
