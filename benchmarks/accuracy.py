@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -848,7 +849,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with LoadSampler() as load:
         records, failures = run_all(jobs, args.work, args.jobs, args.resume)
     wall = time.perf_counter() - start
-    command = "PYTHONPATH=. python benchmarks/accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "PYTHONPATH=. python benchmarks/accuracy.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     invocation = {
         "started": started,
         "command": command.strip(),

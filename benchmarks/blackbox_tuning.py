@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -185,7 +186,7 @@ def run_logged(name: str, cmd: list[str], folder: Path, resume: bool) -> dict[st
         raise RuntimeError(
             f"{name} failed (exit {code}); last lines of {folder / 'log.txt'}:\n{_tail(folder / 'log.txt')}"
         )
-    result = {"wall_seconds": wall, "cpu_seconds": cpu, "command": " ".join(cmd[1:])}
+    result = {"wall_seconds": wall, "cpu_seconds": cpu, "command": shlex.join(cmd[1:])}
     write_text_atomic(timing, json.dumps(result, indent=2) + "\n")
     print(f"  {name}: {wall:.0f} s wall, {cpu:.0f} s CPU", flush=True)
     return result
@@ -367,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seeds = [seed_summary(s, sweeps[s].result(), autos[s].result()) for s in args.seeds]
     wall = time.perf_counter() - start
     meta = {
-        "command": "PYTHONPATH=. python benchmarks/blackbox_tuning.py " + " ".join(argv),
+        "command": "PYTHONPATH=. python benchmarks/blackbox_tuning.py " + shlex.join(argv),
         "wall_seconds": wall,
         "wall_minutes": wall / 60,
         "parallel": args.jobs,
