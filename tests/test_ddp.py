@@ -52,14 +52,15 @@ def engine(request):
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, engine):
     out = tmp_path_factory.mktemp(f"single_{engine}")
-    launch(out, "--engine", engine, "--batch-size", 32)  # the same global batches as 2 processes × 16
+    # the same global batches as 2 processes × 16; the last layer is refit on the held-out split at the end
+    launch(out, "--engine", engine, "--batch-size", 32, "--llr", "thumb")
     return records(out, 1)[0]
 
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, engine):
     out = tmp_path_factory.mktemp(f"ddp_{engine}")
-    launch(out, "--engine", engine, "--devices", 2, "--strategy", "ddp", "--batch-size", 16)
+    launch(out, "--engine", engine, "--devices", 2, "--strategy", "ddp", "--batch-size", 16, "--llr", "thumb")
     return records(out, 2)
 
 
@@ -84,6 +85,17 @@ def test_two_processes_match_single_process_and_each_other(single, two_processes
     assert set(single["metrics"]) == {"val/balanced_error", "val/worst_class_error", "val/error"}  # the mixin's
     for key, value in single["metrics"].items():
         assert rank0["metrics"][key] == pytest.approx(value, abs=1e-7)
+
+
+def test_last_layer_retraining_under_ddp_gives_every_rank_the_single_process_head(single, two_processes):
+    rank0, rank1 = two_processes
+    assert rank0["head"] == rank1["head"]  # bit-identical: rank 0's head is broadcast
+    assert rank0["llr"] == rank1["llr"]
+    assert_close(rank0["head"], single["head"], tol=1e-5)
+    assert max(abs(a - b) for a, b in zip(single["head"], single["head_before"], strict=True)) > 0.1  # really refit
+    assert single["llr"]["llr/num_samples"] == rank0["llr"]["llr/num_samples"] == 60  # the whole held-out split
+    for key, value in single["llr"].items():
+        assert rank0["llr"][key] == pytest.approx(value, abs=1e-5), key
 
 
 def test_crash_and_resume_under_ddp_reproduces_alpha(tmp_path, two_processes, engine):

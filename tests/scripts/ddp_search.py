@@ -2,7 +2,8 @@
 
 ``--engine default`` (the callback's default: last layer, Exact solve) or ``--engine full`` (all weights, conjugate
 gradient). Every process writes ``rank{r}.json`` into ``--out``: α after every hyper-step, the final α, the engine's
-class name and validation metrics.
+class name and validation metrics. ``--llr MODE`` adds :class:`LastLayerRetraining` (held-out split, at the end of
+the fit); the record then holds the refit head, the head before it and the retraining report.
 """
 
 import argparse
@@ -18,7 +19,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_autobalance import AutoBalance, AutoBalanceMixin, ConjugateGradient, HeldOutSplit
+from lightning_autobalance import AutoBalance, AutoBalanceMixin, ConjugateGradient, HeldOutSplit, LastLayerRetraining
 
 K = 3
 
@@ -85,6 +86,7 @@ def main():
     parser.add_argument("--checkpoint-dir", default=None)
     parser.add_argument("--resume", default=None)
     parser.add_argument("--engine", default="default", choices=["default", "full"])
+    parser.add_argument("--llr", default=None, help="a LastLayerRetraining mode to run at the end of the fit")
     args = parser.parse_args()
     warnings.filterwarnings("error", message=".*no feature hook.*")  # the engine asked for must really run
     torch.set_num_threads(1)
@@ -104,6 +106,9 @@ def main():
     )
     history = History(autobalance)
     callbacks = [autobalance, history]
+    llr = LastLayerRetraining("heldout", "val", mode=args.llr, ridge=0.1) if args.llr else None
+    if llr:
+        callbacks.append(llr)
     if args.checkpoint_dir:
         callbacks.append(ModelCheckpoint(dirpath=args.checkpoint_dir, save_last=True, save_top_k=0))
     trainer = pl.Trainer(
@@ -135,6 +140,12 @@ def main():
         "metrics": {k: float(v) for k, v in metrics.items()},
         "node_rank": int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0"))),
     }
+    if llr:
+        head = model.autobalance_head()
+        record["head"] = [float(v) for v in torch.cat([head.weight.detach().flatten(), head.bias.detach()])]
+        before = llr.report.previous_head
+        record["head_before"] = [float(v) for v in torch.cat([before.weight.flatten(), before.bias.flatten()])]
+        record["llr"] = dict(llr.report.metrics)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
