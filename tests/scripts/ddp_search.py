@@ -63,13 +63,18 @@ class Model(AutoBalanceMixin, pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
 
+def flat(tensors):
+    """The values of ``tensors``, flattened and concatenated, as a list of floats (for the JSON record)."""
+    return [float(v) for v in torch.cat([t.detach().flatten() for t in tensors])]
+
+
 class History(Callback):
     def __init__(self, autobalance):
         self.autobalance, self.steps = autobalance, []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.autobalance.hyper_steps > len(self.steps):
-            self.steps.append([float(v) for v in torch.cat([p.detach().flatten() for p in self.hparams()])])
+            self.steps.append(flat(self.hparams()))
 
     def hparams(self):
         return self.autobalance.loss.hparams().values()
@@ -136,15 +141,13 @@ def main():
         "hyper_steps": autobalance.hyper_steps,
         "engine": type(autobalance.engine).__name__,
         "history": history.steps,
-        "alpha": [float(v) for v in torch.cat([p.detach().flatten() for p in history.hparams()])],
+        "alpha": flat(history.hparams()),
         "metrics": {k: float(v) for k, v in metrics.items()},
         "node_rank": int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0"))),
     }
     if llr:
-        head = model.autobalance_head()
-        record["head"] = [float(v) for v in torch.cat([head.weight.detach().flatten(), head.bias.detach()])]
-        before = llr.report.previous_head
-        record["head_before"] = [float(v) for v in torch.cat([before.weight.flatten(), before.bias.flatten()])]
+        head, before = model.autobalance_head(), llr.report.previous_head
+        record["head"], record["head_before"] = flat([head.weight, head.bias]), flat([before.weight, before.bias])
         record["llr"] = dict(llr.report.metrics)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
