@@ -2,7 +2,8 @@
 
 The public API: :class:`AutoBalanceMixin` and :class:`AutoBalance` (the Lightning side), :class:`HeldOutSplit`,
 :class:`ParametricCrossEntropy` and its presets, :func:`hypergradient` with its solvers, and the learned-loss file
-(:func:`save_loss`, :func:`load_loss`).
+(:func:`save_loss`, :func:`load_loss`), and the post-hoc logit adjustment (:func:`fit_logit_adjustment`,
+:func:`adjust_logits`).
 """
 
 from lightning_autobalance.baselines import BASELINES, FocalLoss, LDAMLoss, make_baseline
@@ -14,6 +15,7 @@ from lightning_autobalance.learned_loss import LearnedLossError, load_loss, save
 from lightning_autobalance.losses import PRESETS, ParametricCrossEntropy, make_loss, preset_values
 from lightning_autobalance.mixin import AutoBalanceMixin
 from lightning_autobalance.objectives import Blend, EqualizedOddsGap, EqualOpportunityGap, WorstGroup
+from lightning_autobalance.posthoc import adjust_logits, fit_logit_adjustment
 
 __all__ = [
     "BASELINES",
@@ -33,7 +35,9 @@ __all__ = [
     "Neumann",
     "ParametricCrossEntropy",
     "WorstGroup",
+    "adjust_logits",
     "extract_features",
+    "fit_logit_adjustment",
     "hypergradient",
     "load_loss",
     "long_tail_counts",

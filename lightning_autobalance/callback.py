@@ -26,7 +26,8 @@ from lightning_autobalance.hyperstep import HyperStepContext, HyperStepEngine, m
 from lightning_autobalance.learned_loss import load_loss, save_loss
 from lightning_autobalance.losses import HPARAM_KINDS, PRESETS, ParametricCrossEntropy
 from lightning_autobalance.mixin import AutoBalanceMixin
-from lightning_autobalance.objectives import Objective, get_objective
+from lightning_autobalance.objectives import Objective, balanced_cross_entropy, get_objective
+from lightning_autobalance.posthoc import adjust_logits, fit_logit_adjustment
 
 __all__ = ["AutoBalance"]
 
@@ -90,6 +91,12 @@ class AutoBalance(Callback):
             ``autobalance/<kind>/c<k>`` logs), e.g. ``{"iota": (-5.0, 5.0), "omega": (0.1, 10.0)}``; after every
             hyper-step the values are projected into the box. Each kind must be learned; Δ, ω, σ, m are positive, so
             their ``low`` must be ≥ 0. Default None: unbounded (Δ stays below ``delta_max`` by its parameterisation).
+        posthoc: at the end of fit, also fit a post-hoc logit adjustment on the whole held-out split: the τ that
+            minimises the balanced cross-entropy of the search model's ``logits − τ·log π`` (π the train split's
+            prior; :func:`~lightning_autobalance.posthoc.fit_logit_adjustment`). The loss then carries the shift
+            ``−τ·log π`` in ``prediction_shift``: the mixin's metrics predict with it, the learned-loss file stores
+            it and a retrained model loading the file predicts with it (the training loss is unchanged). For the
+            ``balanced`` objective without groups only.
 
     A hyper-step is skipped with a warning (and counted in ``autobalance/skipped_steps``) when the hypergradient is
     not finite, or when the hyper-optimizer step makes α non-finite: α and the hyper-optimizer state are then restored
@@ -128,6 +135,7 @@ class AutoBalance(Callback):
         check_sync: bool = True,
         max_hypergrad_norm: float | None = None,
         bounds: Mapping[str, Sequence[float]] | None = None,
+        posthoc: bool = False,
     ) -> None:
         super().__init__()
         if loss is None and preset not in PRESETS:
@@ -204,6 +212,15 @@ class AutoBalance(Callback):
         self.check_sync = check_sync
         self.max_hypergrad_norm = None if max_hypergrad_norm is None else float(max_hypergrad_norm)
         self.bounds = {k: (float(lo), float(hi)) for k, (lo, hi) in (bounds or {}).items()}
+        if not isinstance(posthoc, bool):
+            raise TypeError(f"posthoc must be True or False, got {posthoc!r}.")
+        if posthoc and self.objective is not balanced_cross_entropy:
+            raise ValueError(
+                f"posthoc=True fits a logit adjustment for the balanced error, but the objective is {objective!r}: "
+                "use objective='balanced' or posthoc=False."
+            )
+        self.posthoc = posthoc
+        self.posthoc_tau: float | None = None
 
         self.loss: ParametricCrossEntropy | None = None
         self.hyper_optimizer: Optimizer | None = None
@@ -246,6 +263,11 @@ class AutoBalance(Callback):
                     f"group labels must be 0..{datamodule.num_groups - 1} with every group present (renumber them), "
                     "or add samples of these groups."
                 )
+        if self.posthoc and datamodule.num_groups > 1:
+            raise ValueError(
+                f"posthoc=True fits one logit adjustment for the balanced error, but the data has "
+                f"{datamodule.num_groups} groups: use posthoc=False with group objectives."
+            )
         absent = torch.nonzero(datamodule.heldout_class_counts == 0).flatten().tolist()
         if absent:
             raise ValueError(
@@ -474,6 +496,8 @@ class AutoBalance(Callback):
         if self.loss is None:
             return
         path = self.export_path or Path(trainer.log_dir or trainer.default_root_dir) / "autobalance_loss.yaml"
+        if self.posthoc:
+            self.fit_posthoc(trainer, pl_module)
         if trainer.is_global_zero:
             metadata = {
                 "hyper_steps": self.hyper_steps,
@@ -481,9 +505,36 @@ class AutoBalance(Callback):
                 "global_step": trainer.global_step,
                 "epoch": trainer.current_epoch,
             }
+            if self.posthoc_tau is not None:
+                metadata["posthoc_tau"] = self.posthoc_tau
             save_loss(self.loss, path, metadata)
             rank_zero_info(f"AutoBalance: learned loss written to {path}")
         self.exported_path = Path(path)
+
+    @torch.no_grad()
+    def fit_posthoc(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float:
+        """Fit the post-hoc τ on the whole held-out split and install ``−τ·log π`` as the loss's prediction shift.
+
+        Every process evaluates the whole held-out split with the same weights, so τ is identical on every rank.
+        """
+        assert self.loss is not None
+        was_training = pl_module.training
+        pl_module.eval()
+        logits, targets = [], []
+        try:
+            for batch in self._datamodule.heldout_dataloader():
+                out, y, _ = pl_module.autobalance_forward(trainer.strategy.batch_to_device(batch))
+                logits.append(out.detach().float().cpu())
+                targets.append(y.detach().cpu())
+        finally:
+            pl_module.train(was_training)
+        counts = self._datamodule.class_counts
+        tau = fit_logit_adjustment(torch.cat(logits), torch.cat(targets), counts)
+        self.loss.set_prediction_shift(adjust_logits(torch.zeros(1, counts.numel()), counts, tau)[0])
+        self.posthoc_tau = tau
+        rank_zero_info(f"AutoBalance: post-hoc logit adjustment τ = {tau:.3f} fitted on the held-out split")
+        self._log(trainer, {"autobalance/posthoc_tau": tau})
+        return tau
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -52,17 +52,52 @@ KIND_SYMBOLS = {"delta": "Δ", "iota": "ι", "omega": "ω", "noise": "σ (noise)
 
 
 @torch.no_grad()
-def predict_labels(model: pl.LightningModule, loader: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Predicted labels, true labels and groups (or ``None``) of every batch of ``loader`` (model in eval mode)."""
+def predict_logits(
+    model: pl.LightningModule, loader: Any, shifted: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Logits, true labels and groups (or ``None``) of every batch of ``loader`` (model in eval mode).
+
+    With ``shifted`` the logits include the loss's post-hoc prediction shift (what the model predicts with).
+    """
     model.eval()
-    preds, targets, groups = [], [], []
+    loss = model.autobalance_loss
+    shift = shifted and isinstance(loss, ParametricCrossEntropy)
+    logits, targets, groups = [], [], []
     for batch in loader:
-        logits, y, g = model.autobalance_forward(batch)
-        preds.append(logits.argmax(1))
+        out, y, g = model.autobalance_forward(batch)
+        logits.append(loss.shift_predictions(out, g) if shift else out)
         targets.append(y)
         if g is not None:
             groups.append(g)
-    return torch.cat(preds), torch.cat(targets), torch.cat(groups) if groups else None
+    return torch.cat(logits), torch.cat(targets), torch.cat(groups) if groups else None
+
+
+def predict_labels(model: pl.LightningModule, loader: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Predicted labels, true labels and groups (or ``None``) of every batch of ``loader`` (model in eval mode)."""
+    logits, targets, groups = predict_logits(model, loader)
+    return logits.argmax(1), targets, groups
+
+
+def save_logits(model: pl.LightningModule, loaders: dict[str, Any], path: Path) -> None:
+    """Write the model's logits and labels on each of ``loaders`` to ``path`` (``.npz``, written atomically).
+
+    Keys are ``<name>_logits`` (raw, without the post-hoc prediction shift), ``<name>_targets`` (and
+    ``<name>_groups`` with groups) for every ``name`` of ``loaders``, e.g. ``test`` and ``heldout``, and
+    ``prediction_shift`` when the model's loss has one: what a post-hoc adjustment or a later analysis needs.
+    """
+    import numpy as np
+
+    arrays: dict[str, Any] = {}
+    if isinstance(model.autobalance_loss, ParametricCrossEntropy):
+        arrays["prediction_shift"] = model.autobalance_loss.prediction_shift.cpu().numpy()
+    for name, loader in loaders.items():
+        logits, targets, groups = predict_logits(model, loader, shifted=False)
+        arrays[f"{name}_logits"], arrays[f"{name}_targets"] = logits.float().cpu().numpy(), targets.cpu().numpy()
+        if groups is not None:
+            arrays[f"{name}_groups"] = groups.cpu().numpy()
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 def test_report(model: pl.LightningModule, loader: Any, num_classes: int, num_groups: int = 1) -> dict[str, Any]:
@@ -213,8 +248,17 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     unknown = [p for p in phases if p not in PHASES]
     if unknown:
         raise ValueError(f"Unknown phases {unknown}: choose from {', '.join(PHASES)}.")
-    if "retrain" in phases and "search" not in phases:
-        raise ValueError("The retrain phase uses the loss learned by the search phase: add 'search' to phases.")
+    retrain_from = cfg.get("learned_loss")
+    if "retrain" in phases and "search" not in phases and not retrain_from:
+        raise ValueError(
+            "The retrain phase uses the loss learned by the search phase: add 'search' to phases, or retrain with a "
+            "loss learned earlier: learned_loss=path/to/autobalance_loss.yaml."
+        )
+    if retrain_from and "search" in phases:
+        raise ValueError(
+            f"learned_loss={retrain_from} retrains with a loss learned earlier, but phases also has 'search', which "
+            "learns a new one: use phases=[retrain] (or [baseline,retrain]), or drop learned_loss."
+        )
     torch.set_num_threads(int(cfg.threads))
     out.mkdir(parents=True, exist_ok=True)
     datamodule = instantiate(cfg.data)
@@ -224,10 +268,11 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     num_groups = int(getattr(datamodule, "num_groups", 1))
     counts = datamodule.class_counts.tolist()
     results: dict[str, dict[str, Any]] = {}
-    learned: ParametricCrossEntropy | None = None
+    learned: ParametricCrossEntropy | None = load_loss(retrain_from) if retrain_from else None
     trainer: pl.Trainer | None = None
 
     timings: dict[str, dict[str, float]] = {}
+    keep_logits = bool(cfg.get("save_logits", False))
 
     if "baseline" in phases:
         clock = _start_clock()
@@ -239,6 +284,8 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
         trainer.fit(model, datamodule=datamodule)
         timings["baseline"] = _stop_clock(clock)
         results[baseline_label(cfg)] = test_report(model, datamodule.test_dataloader(), num_classes, num_groups)
+        if keep_logits:
+            save_logits(model, {"test": datamodule.test_dataloader()}, out / "logits_baseline.npz")
 
     if "search" in phases:
         clock = _start_clock()
@@ -260,6 +307,9 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
         )
         heldout = test_report(model, split.heldout_dataloader(), num_classes, num_groups)
         results["AutoBalance (search model)"]["heldout_balanced_error"] = heldout["balanced_error"]
+        if keep_logits:
+            loaders = {"test": datamodule.test_dataloader(), "heldout": split.heldout_dataloader()}
+            save_logits(model, loaders, out / "logits_search.npz")
 
     if "retrain" in phases and learned is not None:
         clock = _start_clock()
@@ -270,6 +320,8 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
         trainer.fit(model, datamodule=datamodule)
         timings["retrain"] = _stop_clock(clock)
         results["AutoBalance"] = test_report(model, datamodule.test_dataloader(), num_classes, num_groups)
+        if keep_logits:
+            save_logits(model, {"test": datamodule.test_dataloader()}, out / "logits_retrain.npz")
 
     if trainer is not None and not trainer.is_global_zero:
         return results  # a DDP worker: rank zero reports

@@ -2,9 +2,11 @@
 
 The file stores the raw parameters (exact float32 values, so a round trip reproduces the loss bit for bit) and, for
 people reading it, the per-class Δ, ι, ω and the personalized-augmentation strengths σ (noise) and m (mix) they
-produce (a raw value of ``-.inf`` is an augmentation that is off). Format version 2 added σ and m; version-1 files
-(Δ, ι, ω only) still load, with the augmentation off. It is written atomically (temporary file + rename) and read
-with :func:`yaml.safe_load`, so loading never executes code.
+produce (a raw value of ``-.inf`` is an augmentation that is off). Format version 2 added σ and m; version 3 the
+``prediction_shift`` added to the logits at prediction time (the post-hoc logit adjustment fitted on the held-out
+split, see :meth:`ParametricCrossEntropy.shift_predictions`). Files of versions 1 (Δ, ι, ω only) and 2 still load,
+with the augmentation off (version 1) and no prediction shift. It is written atomically (temporary file + rename) and
+read with :func:`yaml.safe_load`, so loading never executes code.
 
 Example:
     >>> import tempfile, pathlib
@@ -35,8 +37,8 @@ from lightning_autobalance.losses import AUGMENTATION_KINDS, HPARAM_KINDS, Param
 __all__ = ["FORMAT", "FORMAT_VERSION", "LearnedLossError", "load_loss", "loss_to_dict", "save_loss"]
 
 FORMAT = "lightning-autobalance/learned-loss"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1: Δ, ι, ω only (no personalized augmentation)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # 1: Δ, ι, ω only; 2: + personalized augmentation; 3: + prediction shift
 
 
 class LearnedLossError(ValueError):
@@ -56,6 +58,7 @@ def loss_to_dict(loss: ParametricCrossEntropy, metadata: Mapping[str, Any] | Non
         "blocks": loss.block_index.tolist(),
         "raw": {kind: getattr(loss, f"raw_{kind}").detach().cpu().tolist() for kind in HPARAM_KINDS},
         "values": {kind: getattr(loss, kind)().detach().cpu().tolist() for kind in HPARAM_KINDS},
+        "prediction_shift": loss.prediction_shift.detach().cpu().tolist(),
     }
     if metadata:
         data["metadata"] = dict(metadata)
@@ -194,6 +197,14 @@ def load_loss(
                         "from learnable or start from a loss with a positive initial value."
                     )
                 target.copy_(values)
+        if version >= 3:
+            shift = torch.tensor(_require(data, "prediction_shift", list, path), dtype=torch.float64)
+            if shift.shape != loss.prediction_shift.shape or not bool(torch.isfinite(shift).all()):
+                raise LearnedLossError(
+                    f"{path}: prediction_shift should be {tuple(loss.prediction_shift.shape)} finite values, got "
+                    f"{shift.tolist()}."
+                )
+            loss.set_prediction_shift(shift)
     except LearnedLossError:
         raise
     except (KeyError, TypeError, ValueError) as error:

@@ -103,10 +103,10 @@ def _check_preset_options(preset: str, tau: float, gamma: float, beta: float) ->
             f"tau must be a finite number ≥ 0 (the logit-adjustment strength of 'la' / 'vs'; 1 is the published "
             f"value, 0 turns the adjustment off), got {tau!r}."
         )
-    if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0):
+    if isinstance(gamma, bool) or not (isinstance(gamma, (int, float)) and math.isfinite(gamma)):
         raise ValueError(
-            f"gamma must be a finite number ≥ 0 (Δ_y = (n_y / n_max)^γ of 'cdt' / 'vs' shrinks the logits of rare "
-            f"classes; 0 turns it off, 0.3 is VS's default), got {gamma!r}."
+            f"gamma must be a finite number (Δ_y = (n_y / n_max)^γ of 'cdt' / 'vs': γ > 0 shrinks the logits of rare "
+            f"classes, γ < 0 enlarges them; 0 turns it off, 0.3 is VS's default), got {gamma!r}."
         )
     if not (isinstance(beta, (int, float)) and 0 <= beta < 1):
         raise ValueError(
@@ -179,7 +179,8 @@ def preset_values(
         preset: one of :data:`PRESETS`.
         class_counts: training samples per class, shape (K,), or per (group, class) cell, shape (G, K).
         tau: logit-adjustment strength τ ≥ 0 (``la``, ``vs``).
-        gamma: temperature exponent γ ≥ 0 (``cdt``, ``vs``).
+        gamma: temperature exponent γ (``cdt``, ``vs``; γ < 0 gives rare classes Δ > 1, which needs
+            ``delta_max`` above ρ^(−γ) or ``delta_parameterization="exp"``).
         beta: effective-number parameter β in [0, 1) (``class_balanced``).
 
     Returns:
@@ -425,6 +426,9 @@ class ParametricCrossEntropy(nn.Module):
         self.augmentation_seed = 0
         self._fixed_seed: int | None = None
         self.register_buffer("augment_calls", torch.zeros((), dtype=torch.long), persistent=True)
+        # added to the logits at prediction time only (see shift_predictions); not part of the training loss, so
+        # not in the state dict: the learned-loss file carries it
+        self.register_buffer("prediction_shift", torch.zeros(num_groups, num_classes), persistent=False)
         for kind in HPARAM_KINDS:
             values = self._per_group_class(kind, initial[kind], defaults[kind])
             raw = self._to_raw(kind, self._average_blocks(values))
@@ -465,7 +469,7 @@ class ParametricCrossEntropy(nn.Module):
                 (it is then ``group_counts.sum(0)``), and must equal that sum when both are given.
             group_counts: training samples per (group, class), shape (G, K), for group-sensitive initialisation.
             tau: logit-adjustment strength τ ≥ 0.
-            gamma: CDT / VS exponent γ ≥ 0.
+            gamma: CDT / VS exponent γ (negative: Δ of rare classes above 1).
             beta: class-balanced β in [0, 1).
             num_groups: number of groups G; default 1, or G of ``group_counts`` (which it must then equal).
             learnable: which kinds AutoBalance tunes.
@@ -698,6 +702,27 @@ class ParametricCrossEntropy(nn.Module):
             return logits * delta[0] + iota[0]
         return logits * delta[groups] + iota[groups]
 
+    def shift_predictions(self, logits: Tensor, groups: Tensor | None = None) -> Tensor:
+        """Return ``logits + prediction_shift[g]``: the logits to predict with (arg-max, metrics).
+
+        The shift is a post-hoc logit adjustment (``−τ·log π``, see :mod:`lightning_autobalance.posthoc`) that the
+        AutoBalance callback fits on the held-out split at the end of a search (``posthoc=True``) and the learned-loss
+        file carries to the retrained model; it is zero otherwise, so the logits pass unchanged. It never enters the
+        training loss.
+
+        Example:
+            >>> loss_fn = ParametricCrossEntropy(2)
+            >>> loss_fn.set_prediction_shift(torch.tensor([0.0, 1.0]))
+            >>> loss_fn.shift_predictions(torch.tensor([[0.5, 0.0]])).tolist()
+            [[0.5, 1.0]]
+        """
+        shift = self.prediction_shift.to(logits.dtype)
+        return logits + (shift[0] if groups is None else shift[groups])
+
+    def set_prediction_shift(self, shift: Sequence[float] | Tensor) -> None:
+        """Set the post-hoc shift added to the logits at prediction time: shape (K,) (every group) or (G, K)."""
+        self.prediction_shift.copy_(self._per_group_class("prediction_shift", shift, 0.0))
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -754,6 +779,7 @@ class ParametricCrossEntropy(nn.Module):
         with torch.no_grad():
             for kind in HPARAM_KINDS:
                 getattr(copy, f"raw_{kind}").copy_(getattr(self, f"raw_{kind}").detach().cpu())
+            copy.prediction_shift.copy_(self.prediction_shift.cpu())
         return copy.to(self.raw_iota.device)
 
     def expanded(
@@ -799,6 +825,7 @@ class ParametricCrossEntropy(nn.Module):
         copy = self._empty_copy(self.learnable if learnable is None else learnable, None)
         block_index = self.block_index.cpu()
         with torch.no_grad():
+            copy.prediction_shift.copy_(self.prediction_shift.cpu())
             if mode == "constant":
                 for kind in HPARAM_KINDS:
                     raw = getattr(self, f"raw_{kind}").detach().cpu()

@@ -137,8 +137,15 @@ class AutoBalanceMixin:
         return collection
 
     def autobalance_evaluate(self, stage: str, batch: Any) -> None:
-        """Update the metrics of ``stage`` with a batch and log them (epoch-level, stable names)."""
+        """Update the metrics of ``stage`` with a batch and log them (epoch-level, stable names).
+
+        Predictions use the loss's post-hoc ``prediction_shift`` (zero unless a search fitted one, see
+        :meth:`ParametricCrossEntropy.shift_predictions`).
+        """
         logits, targets, groups = self.autobalance_forward(batch)
+        loss = self.autobalance_loss
+        if isinstance(loss, ParametricCrossEntropy):
+            logits = loss.shift_predictions(logits, groups)
         collection = self.autobalance_metrics(stage)
         collection.update(logits, targets, groups)
         self.log_dict(collection, on_step=False, on_epoch=True, prog_bar=stage == "val")  # type: ignore[attr-defined]

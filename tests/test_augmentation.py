@@ -216,7 +216,7 @@ def test_round_trip_records_augmentation_with_the_format_version(tmp_path):
     path = tmp_path / "aug.yaml"
     save_loss(loss_fn, path)
     text = path.read_text()
-    assert "version: 2\n" in text and "  noise:\n" in text and "  mix:\n" in text
+    assert "version: 3\n" in text and "  noise:\n" in text and "  mix:\n" in text
     loaded = load_loss(path, num_classes=K, num_groups=2, learnable=HPARAM_KINDS).float()
     for kind in HPARAM_KINDS:
         assert torch.equal(getattr(loaded, f"raw_{kind}").detach(), getattr(loss_fn, f"raw_{kind}").detach()), kind

@@ -27,6 +27,7 @@ def _load(name: str) -> Any:
 
 
 accuracy = _load("accuracy")
+paper_scale = _load("paper_scale")
 blackbox = _load("blackbox_tuning")
 
 
@@ -419,3 +420,47 @@ def test_hyperstep_benchmark_runs_every_configuration_on_the_small_model(tmp_pat
     assert set(cosines) >= {"default", "reference", "one_step", "head+last_bn_cg10"}
     assert all(-1.0 <= float(c) <= 1.0 for c in cosines.values())
     assert "acceptance: default epoch" in done.stdout and "ratios: default/reference" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------- paper scale
+
+
+def test_paired_difference_interval_matches_scipy():
+    from scipy import stats
+
+    a = {s: {"balanced_error": v} for s, v in enumerate([0.041, 0.052, 0.047, 0.039, 0.050])}
+    b = {s: {"balanced_error": v} for s, v in enumerate([0.045, 0.050, 0.052, 0.046, 0.049])}
+    d = paper_scale.paired_difference(a, b)
+    diffs = [100 * (a[s]["balanced_error"] - b[s]["balanced_error"]) for s in range(5)]
+    low, high = stats.ttest_rel(
+        [100 * a[s]["balanced_error"] for s in range(5)], [100 * b[s]["balanced_error"] for s in range(5)]
+    ).confidence_interval(0.95)
+    assert d["mean"] == pytest.approx(sum(diffs) / 5) and d["n"] == 5
+    assert (d["low"], d["high"]) == pytest.approx((low, high))
+
+
+def test_paper_scale_jobs_use_the_benchmark_data_and_the_same_seeds_for_every_method():
+    jobs = paper_scale.make_jobs("paper", ["exponential", "step"], [0, 1, 2, 3, 4], ["la", "autobalance"])
+    assert len(jobs) == 20 and len({j.name for j in jobs}) == 20
+    for job in jobs:
+        assert "data.seed=0" in job.overrides and "data.test_per_class=2000" in job.overrides
+        assert "data.n_max=5000" in job.overrides and "threads=1" in job.overrides
+    seeds = {m: sorted(j.name.rsplit("seed", 1)[1] for j in jobs if f"/{m}/" in j.name) for m in ("la", "autobalance")}
+    assert seeds["la"] == seeds["autobalance"]
+
+
+def test_paper_scale_report_lists_rows_noise_floor_and_paired_differences():
+    def cells(values):
+        return {s: {"balanced_error": v, "worst_class_error": 2 * v} for s, v in enumerate(values)}
+
+    table = {
+        "exponential": {
+            "la": cells([0.040, 0.045, 0.042]),
+            "frozen_la": cells([0.041, 0.044, 0.043]),
+            "autobalance": cells([0.050, 0.052, 0.049]),
+        }
+    }
+    report = paper_scale.format_report(table, "paper", [0, 1, 2])
+    assert "| LA | 4.23 ± 0.25 | 8.47 ± 0.50 |" in report
+    assert "Noise floor (control minus LA" in report and "exponential +0.03" in report
+    assert "| LA | +0.80 |" in report  # AutoBalance minus LA, points

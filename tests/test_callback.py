@@ -355,3 +355,45 @@ def test_group_without_heldout_sample_fails_early(tmp_path):
     callback = make_callback(tmp_path, objective=WorstGroup())
     with pytest.raises(ValueError, match=r"Groups \[1\] have no held-out sample, so WorstGroup cannot see them"):
         make_trainer(tmp_path, [callback]).fit(TinyModel(), datamodule=HeldOutSplit(data))
+
+
+def test_posthoc_adjustment_is_fitted_on_the_whole_heldout_split_and_exported(tmp_path):
+    from lightning_autobalance.posthoc import fit_logit_adjustment
+
+    callback = make_callback(tmp_path, posthoc=True)
+    model, trainer = fit(tmp_path, callback)
+    split = trainer.datamodule
+    model.eval()
+    with torch.no_grad():
+        x, y = zip(*(split.heldout_dataset[i] for i in range(len(split.heldout_dataset))), strict=True)
+        logits = model(torch.stack(x))
+    tau = fit_logit_adjustment(logits, torch.stack(y), split.class_counts)  # independent recomputation
+    assert callback.posthoc_tau == pytest.approx(tau, abs=1e-5)
+    prior = split.class_counts.double() / split.class_counts.sum()
+    expected = (-tau * torch.log(prior)).float()
+    assert torch.allclose(callback.loss.prediction_shift[0], expected, atol=1e-4)
+    loaded = load_loss(callback.exported_path)
+    assert torch.equal(loaded.prediction_shift, callback.loss.prediction_shift)
+    assert yaml_metadata(callback.exported_path)["posthoc_tau"] == pytest.approx(tau, abs=1e-5)
+    # the mixin's metrics predict with the shift: the test error equals that of the shifted arg-max
+    result = trainer.test(model, dataloaders=DataLoader(TensorDataset(torch.stack(x), torch.stack(y)), batch_size=64))
+    shifted = (logits + expected).argmax(1)
+    assert result[0]["test/error"] == pytest.approx(float((shifted != torch.stack(y)).float().mean()), abs=1e-6)
+
+
+def yaml_metadata(path):
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())["metadata"]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(objective="worst_group"), "posthoc=True fits a logit adjustment for the balanced error"),
+        (dict(posthoc="yes"), "posthoc must be True or False"),
+    ],
+)
+def test_posthoc_needs_the_balanced_objective(tmp_path, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make_callback(tmp_path, **{"posthoc": True, **kwargs})

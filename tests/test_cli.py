@@ -49,6 +49,33 @@ def test_bad_phases_fail_early(tmp_path):
         run(compose_config(["phases=[baseline,finetune]"], tmp_path), tmp_path / "out")
     with pytest.raises(ValueError, match="add 'search' to phases"):
         run(compose_config(["phases=[retrain]"], tmp_path), tmp_path / "out")
+    with pytest.raises(
+        ValueError, match=r"learned_loss=x.yaml retrains with a loss learned earlier.*phases=\[retrain\]"
+    ):
+        run(compose_config(["learned_loss=x.yaml"], tmp_path), tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_search_with_posthoc_then_retrain_from_the_file_with_logits_saved(tmp_path):
+    import numpy as np
+
+    search = compose_config(["phases=[search]", "autobalance.posthoc=true", "save_logits=true"], tmp_path)
+    run(search, tmp_path / "search")
+    learned = load_loss(tmp_path / "search" / "autobalance_loss.yaml")
+    assert bool(learned.prediction_shift.abs().sum() > 0)  # the post-hoc adjustment travels in the file
+    saved = np.load(tmp_path / "search" / "logits_search.npz")
+    assert saved["heldout_logits"].shape[1] == 10 and saved["test_logits"].shape == (200, 10)
+    assert np.array_equal(saved["prediction_shift"], learned.prediction_shift.numpy())
+    retrain = compose_config(
+        ["phases=[retrain]", f"learned_loss={tmp_path / 'search' / 'autobalance_loss.yaml'}", "save_logits=true"],
+        tmp_path,
+    )
+    results = run(retrain, tmp_path / "retrain")
+    raw = np.load(tmp_path / "retrain" / "logits_retrain.npz")
+    shifted = raw["test_logits"] + learned.prediction_shift.numpy()[0]
+    targets = raw["test_targets"]
+    errors = [float(np.mean(shifted[targets == k].argmax(1) != k)) for k in range(10)]
+    assert results["AutoBalance"]["class_errors"] == pytest.approx(errors)  # the report predicts with the shift
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ MODULES = [
     "lightning_autobalance.hypergrad",
     "lightning_autobalance.learned_loss",
     "lightning_autobalance.objectives",
+    "lightning_autobalance.posthoc",
     "lightning_autobalance.mixin",
     "lightning_autobalance.models",
     "lightning_autobalance.classifier",

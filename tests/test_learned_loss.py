@@ -147,9 +147,10 @@ def test_file_is_versioned_human_readable_yaml(tmp_path):
     path = tmp_path / "ce.yaml"
     data = _save_and_read(ParametricCrossEntropy.from_preset("ce", [30, 20, 10]), path)
     text = path.read_text()
-    assert text.startswith("format: lightning-autobalance/learned-loss\nversion: 2\n")
+    assert text.startswith("format: lightning-autobalance/learned-loss\nversion: 3\n")
     assert data["format"] == "lightning-autobalance/learned-loss"
-    assert data["version"] == 2
+    assert data["version"] == 3
+    assert data["prediction_shift"] == [[0.0, 0.0, 0.0]]  # no post-hoc adjustment
     assert data["num_classes"] == 3 and data["num_groups"] == 1
     assert data["delta_parameterization"] == "sigmoid" and data["delta_max"] == 2.0
     assert data["blocks"] == [0, 1, 2]
@@ -254,7 +255,7 @@ def test_other_version(saved, version):
     path, data = saved
     data["version"] = version
     _write_yaml(path, data)
-    with pytest.raises(LearnedLossError, match=f"format version {version!r}; .* reads versions 1, 2: re-export"):
+    with pytest.raises(LearnedLossError, match=f"format version {version!r}; .* reads versions 1, 2, 3: re-export"):
         load_loss(path)
 
 
@@ -403,7 +404,7 @@ def test_successful_save_replaces_the_file(tmp_path):
     save_loss(ParametricCrossEntropy.from_preset("cdt", [100, 25], gamma=0.5), path)
     assert load_loss(path).delta()[0].tolist() == pytest.approx([1.0, 0.5], rel=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["loss.yaml"]
-    assert learned_loss.FORMAT_VERSION == 2
+    assert learned_loss.FORMAT_VERSION == 3
 
 
 # ---------------------------------------------------------------------------------------------- extended family
@@ -435,7 +436,7 @@ def test_round_trip_of_extended_family_is_bit_exact(tmp_path, name, loss):
     _perturb(loss, seed=len(name))
     save_loss(loss, path)
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    assert data["version"] == 2
+    assert data["version"] == 3
     assert data["learnable"] == list(loss.learnable)
     assert data["num_groups"] == loss.num_groups and data["blocks"] == loss.block_index.tolist()
     assert data["delta_parameterization"] == loss.delta_parameterization and data["delta_max"] == loss.delta_max
@@ -486,3 +487,31 @@ def test_version_one_files_of_the_original_presets_still_load(tmp_path):
     )
     loaded = load_loss(path, num_classes=2)
     assert loaded.iota().tolist() == [[-0.5, -1.5]]
+
+
+def test_prediction_shift_round_trips_and_version_2_files_load_without_it(tmp_path):
+    loss_fn = ParametricCrossEntropy.from_preset("la", [90, 10])
+    loss_fn.set_prediction_shift([0.25, -1.5])
+    path = tmp_path / "shift.yaml"
+    save_loss(loss_fn, path)
+    loaded = load_loss(path)
+    assert torch.equal(loaded.prediction_shift, loss_fn.prediction_shift)
+    logits = torch.randn(4, 2)
+    assert torch.equal(loaded.shift_predictions(logits), logits + torch.tensor([0.25, -1.5]))
+    assert torch.equal(loaded.frozen().prediction_shift, loss_fn.prediction_shift)
+    data = yaml.safe_load(path.read_text())
+    data["version"] = 2
+    del data["prediction_shift"]
+    _write_yaml(path, data)
+    assert torch.equal(load_loss(path).prediction_shift, torch.zeros(1, 2))
+
+
+@pytest.mark.parametrize("shift", [[[0.0, 1.0, 2.0]], [[0.0, float("nan")]]])
+def test_prediction_shift_of_wrong_shape_or_non_finite_is_rejected(tmp_path, shift):
+    path = tmp_path / "bad.yaml"
+    save_loss(ParametricCrossEntropy.from_preset("la", [90, 10]), path)
+    data = yaml.safe_load(path.read_text())
+    data["prediction_shift"] = shift
+    _write_yaml(path, data)
+    with pytest.raises(LearnedLossError, match=r"prediction_shift should be \(1, 2\) finite values"):
+        load_loss(path)
