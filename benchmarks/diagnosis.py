@@ -15,7 +15,8 @@ Rows (each a run of the command-line app):
 * the search → retrain path with α frozen (hyper-optimizer lr 0) from CE, LA, LA with τ ∈ {0.25, 0.5} and CDT with
   γ ∈ {−0.1, 0.1, 0.2}: the noise floor (frozen LA against LA) and, from the held-out logits of the search model, a
   post-hoc logit adjustment τ applied to the retrained model (chosen by the held-out balanced cross-entropy, by the
-  held-out balanced error, and — for diagnosis only, never for a method — the test-optimal τ);
+  held-out balanced error, and — for diagnosis only, never for a method — the test-optimal τ), and per-class shifts
+  fitted exactly on the held-out balanced cross-entropy (``posthoc_per_class``);
 * AutoBalance (the app's default search) from LA and from CE;
 * retrains along the direction the search from LA moved: α(s) = α_LA + s·(α_learned − α_LA) for s = −1, 2, and the
   Δ and ι parts alone (s = 1 is the AutoBalance row).
@@ -108,6 +109,26 @@ def direction_loss_file(work: Path, seed: int, s: float, kinds: Sequence[str]) -
     return path
 
 
+def per_class_shift(logits, targets):
+    """Per-class shifts b (mean 0) minimising the balanced cross-entropy of ``logits + b`` (convex; L-BFGS)."""
+    import torch
+
+    from lightning_autobalance.objectives import balanced_cross_entropy
+
+    z, y = logits.double(), targets.long()
+    b = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([b], max_iter=500, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        value = balanced_cross_entropy(z + (b - b.mean()), y)
+        value.backward()
+        return value
+
+    optimizer.step(closure)
+    return (b - b.mean()).detach()
+
+
 def posthoc_rows(run: Path) -> dict[str, float]:
     """Post-hoc τ of a frozen / search run: by held-out balanced CE, by held-out balanced error, and test-optimal."""
     import numpy as np
@@ -130,7 +151,9 @@ def posthoc_rows(run: Path) -> dict[str, float]:
     held = torch.from_numpy(search["heldout_logits"])
     tau_err = min(grid, key=lambda t: error(adjust_logits(held, counts, t), search["heldout_targets"]))
     tau_oracle = min(grid, key=lambda t: error(adjust_logits(test, counts, t), retrain["test_targets"]))
+    shift = per_class_shift(held, torch.from_numpy(search["heldout_targets"]))
     return {
+        "posthoc_per_class": error(test.double() + shift, retrain["test_targets"]),
         "posthoc": error(adjust_logits(test, counts, tau_ce), retrain["test_targets"]),
         "posthoc_by_error": error(adjust_logits(test, counts, tau_err), retrain["test_targets"]),
         "oracle": error(adjust_logits(test, counts, tau_oracle), retrain["test_targets"]),
@@ -155,7 +178,7 @@ def collect(work: Path, seeds: Sequence[int]) -> dict[str, dict[int, dict[str, f
                 table.setdefault(f"{name} [search model]", {})[seed] = {"balanced_error": search["balanced_error"]}
             if (work / f"exp/{name}/d{seed}/logits_search.npz").exists():
                 rows = posthoc_rows(work / f"exp/{name}/d{seed}")
-                for key in ("posthoc", "posthoc_by_error", "oracle"):
+                for key in ("posthoc", "posthoc_per_class", "posthoc_by_error", "oracle"):
                     table.setdefault(f"{name} + {key}", {})[seed] = {"balanced_error": rows[key]}
                 table.setdefault(f"{name} τ", {})[seed] = {"tau": rows["tau"], "tau_oracle": rows["tau_oracle"]}
     return table
