@@ -17,8 +17,9 @@ Rows:
 * post-hoc logit adjustment of a CE model: a CE model trained on the 80% train split gives held-out logits, τ minimises
   their balanced cross-entropy (:func:`lightning_autobalance.posthoc.fit_logit_adjustment`), and the CE model trained
   on all data predicts with ``logits − τ·log π`` (the search → retrain path of the app with the CE loss frozen);
-* the control "LA frozen through search → retrain" (hyper-optimizer lr 0): it differs from the LA row only by its
-  random stream, so its paired difference to LA is the noise floor of every comparison;
+* the control "LA frozen through search → retrain" (hyper-optimizer lr 0): the same seed as the LA row and a loss
+  that differs only by ι computed from the train split's counts (≤ 0.006); training amplifies that into another
+  model, so its paired difference to LA is the run-to-run noise of one configuration, the floor of every comparison;
 * AutoBalance variants: the app's default (from CE), from LA, and the default with the post-hoc logit adjustment
   fitted on the held-out split at the end of the search (``autobalance.posthoc=true``).
 
@@ -208,7 +209,7 @@ def format_report(table: Mapping[str, Any], regime: str, seeds: Sequence[int]) -
         if CONTROL in table[p] and "la" in table[p]
     ]
     if control:
-        intro += " Noise floor (control minus LA, same loss, another random stream): " + "; ".join(
+        intro += " Noise floor (control minus LA, the same loss up to ι from the split's counts): " + "; ".join(
             f"{p} {d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" for p, d in zip(profiles, control, strict=False)
         )
         intro += "."
