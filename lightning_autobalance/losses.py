@@ -50,6 +50,7 @@ __all__ = [
     "PRESETS",
     "ParametricCrossEntropy",
     "check_inputs",
+    "check_logits",
     "effective_number_weights",
     "frequency_blocks",
     "make_loss",
@@ -259,6 +260,16 @@ def frequency_blocks(class_counts: Sequence[float] | Tensor, block_size: int) ->
     return blocks
 
 
+def check_logits(logits: Tensor, num_classes: int) -> None:
+    """Raise a ValueError that names the fix unless ``logits`` has shape (N, num_classes)."""
+    if logits.dim() != 2 or logits.shape[1] != num_classes:
+        raise ValueError(
+            f"The loss was built for num_classes={num_classes} but the logits have shape "
+            f"{tuple(logits.shape)}: make the model output (batch, {num_classes}) logits or build the "
+            f"loss with num_classes={logits.shape[-1] if logits.dim() else '?'}."
+        )
+
+
 def check_inputs(
     logits: Tensor, targets: Tensor, groups: Tensor | None, num_classes: int, num_groups: int | None = 1
 ) -> None:
@@ -271,12 +282,7 @@ def check_inputs(
         num_classes: the number of classes the loss was built for.
         num_groups: the number of groups the loss was built for; ``None`` for losses that ignore groups.
     """
-    if logits.dim() != 2 or logits.shape[1] != num_classes:
-        raise ValueError(
-            f"The loss was built for num_classes={num_classes} but the logits have shape "
-            f"{tuple(logits.shape)}: make the model output (batch, {num_classes}) logits or build the "
-            f"loss with num_classes={logits.shape[-1] if logits.dim() else '?'}."
-        )
+    check_logits(logits, num_classes)
     if targets.shape != (logits.shape[0],) or targets.is_floating_point():
         raise ValueError(
             f"targets must be integer class labels of shape ({logits.shape[0]},), got dtype {targets.dtype} "
@@ -716,6 +722,9 @@ class ParametricCrossEntropy(nn.Module):
             >>> loss_fn.shift_predictions(torch.tensor([[0.5, 0.0]])).tolist()
             [[0.5, 1.0]]
         """
+        if not bool(self.prediction_shift.any()):
+            return logits  # no post-hoc adjustment: the logits as they are
+        check_logits(logits, self.num_classes)
         shift = self.prediction_shift.to(logits.dtype)
         return logits + (shift[0] if groups is None else shift[groups])
 

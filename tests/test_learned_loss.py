@@ -515,3 +515,11 @@ def test_prediction_shift_of_wrong_shape_or_non_finite_is_rejected(tmp_path, shi
     _write_yaml(path, data)
     with pytest.raises(LearnedLossError, match=r"prediction_shift should be \(1, 2\) finite values"):
         load_loss(path)
+
+
+def test_prediction_shift_checks_the_width_of_the_logits():
+    loss_fn = ParametricCrossEntropy.from_preset("la", [90, 10])
+    assert torch.equal(loss_fn.shift_predictions(torch.ones(2, 3)), torch.ones(2, 3))  # no shift: passed through
+    loss_fn.set_prediction_shift([0.5, -0.5])
+    with pytest.raises(ValueError, match=r"num_classes=2 but the logits have shape \(2, 3\)"):
+        loss_fn.shift_predictions(torch.ones(2, 3))
