@@ -255,6 +255,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true", help="write the report from the jobs done so far")
     return parser.parse_args(argv)
 
 
@@ -268,16 +269,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"Unknown methods {unknown}: choose from {', '.join(METHODS)}.")
     jobs = make_jobs(args.regime, profiles, seeds, methods)
     start = time.perf_counter()
-    failed = run_jobs(jobs, args.work, processes=args.processes)
+    failed = [] if args.report_only else run_jobs(jobs, args.work, processes=args.processes)
     minutes = (time.perf_counter() - start) / 60
+    stem = f"paper_scale_{args.regime}"
+    previous = args.results / f"{stem}.json"
+    if args.report_only and previous.exists():  # keep the time of the invocation that ran the jobs
+        minutes = json.loads(previous.read_text()).get("minutes", minutes)
     table = collect(args.work, jobs)
-    command = shlex.join(["python", "benchmarks/paper_scale.py", *(argv if argv is not None else sys.argv[1:])])
+    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
+    command = shlex.join(["python", "benchmarks/paper_scale.py", *shown])
     report = (
         f"# Paper-scale benchmark ({args.regime})\n\n`PYTHONPATH=. {command}` — this invocation: {minutes:.1f} min.\n\n"
     )
     report += format_report(table, args.regime, seeds)
     args.results.mkdir(parents=True, exist_ok=True)
-    stem = f"paper_scale_{args.regime}"
     write_text_atomic(args.results / f"{stem}.md", report)
     write_text_atomic(args.results / f"{stem}.json", json.dumps({"table": table, "minutes": minutes}, indent=1) + "\n")
     plot(table, args.results / f"{stem}.png")
