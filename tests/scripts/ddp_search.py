@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -151,6 +152,11 @@ def main():
         record["llr"] = dict(llr.report.metrics)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+    # leave together and close the gloo connections before the interpreter exits: a rank that exits while its peer
+    # still holds the connection can abort the peer's gloo thread ("terminate called without an active exception")
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
