@@ -120,7 +120,8 @@ def epoch_overrides(method: str, epochs: int | None) -> list[str]:
         return []
     out = [f"train.max_epochs={epochs}"]
     if method in AUTOBALANCE:
-        out += [f"search.max_epochs={epochs}", f"autobalance.warmup_epochs={max(1, round(epochs / 3))}"]
+        warmup = min(max(1, round(epochs / 3)), epochs - 1)  # a third, but at least one epoch of hyper-steps
+        out += [f"search.max_epochs={epochs}", f"autobalance.warmup_epochs={warmup}"]
     if method == "ldam_drw":
         out.append(f"loss.drw_epoch={max(1, round(0.8 * epochs))}")
     return out

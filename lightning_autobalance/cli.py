@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_autobalance.callback import AutoBalance
 from lightning_autobalance.classifier import ImbalancedClassifier
+from lightning_autobalance.cli_checks import check_config, check_datamodule, check_plugins
 from lightning_autobalance.data.split import HeldOutSplit
 from lightning_autobalance.launch import HydraJobDDPStrategy, finish_ddp_job
 from lightning_autobalance.learned_loss import load_loss, write_text_atomic
@@ -45,9 +47,8 @@ from lightning_autobalance.metrics import (
     worst_group_error,
 )
 
-__all__ = ["main", "run"]
+__all__ = ["hydra_main", "main", "run"]
 
-PHASES = ("baseline", "search", "retrain")
 KIND_SYMBOLS = {"delta": "Δ", "iota": "ι", "omega": "ω", "noise": "σ (noise)", "mix": "m (mix)"}
 
 
@@ -244,26 +245,15 @@ def format_timings(timings: dict[str, dict[str, float]]) -> str:
 
 def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Run the phases of ``cfg`` with outputs in ``out``; returns the results (also written to ``out``)."""
+    check_config(cfg)  # phases, keys and values: fails naming the key before anything is generated or trained
     phases = list(cfg.phases)
-    unknown = [p for p in phases if p not in PHASES]
-    if unknown:
-        raise ValueError(f"Unknown phases {unknown}: choose from {', '.join(PHASES)}.")
     retrain_from = cfg.get("learned_loss")
-    if "retrain" in phases and "search" not in phases and not retrain_from:
-        raise ValueError(
-            "The retrain phase uses the loss learned by the search phase: add 'search' to phases, or retrain with a "
-            "loss learned earlier: learned_loss=path/to/autobalance_loss.yaml."
-        )
-    if retrain_from and "search" in phases:
-        raise ValueError(
-            f"learned_loss={retrain_from} retrains with a loss learned earlier, but phases also has 'search', which "
-            "learns a new one: use phases=[retrain] (or [baseline,retrain]), or drop learned_loss."
-        )
     torch.set_num_threads(int(cfg.threads))
     out.mkdir(parents=True, exist_ok=True)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    check_datamodule(cfg, datamodule)  # empty data, float labels, groups: before any phase trains
     num_classes = int(datamodule.num_classes)
     num_groups = int(getattr(datamodule, "num_groups", 1))
     counts = datamodule.class_counts.tolist()
@@ -338,8 +328,8 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Hydra entry point; returns the value sweepers minimise: the search model's balanced error on the held-out split.
+def hydra_main(cfg: DictConfig) -> float:
+    """Hydra task; returns the value sweepers minimise: the search model's balanced error on the held-out split.
 
     Never a test-set number (so a sweep cannot select on the test set); ``nan`` when the search phase did not run.
     """
@@ -350,3 +340,14 @@ def main(cfg: DictConfig) -> float:
         finish_ddp_job()
     search = results.get("AutoBalance (search model)")
     return float(search["heldout_balanced_error"]) if search else float("nan")
+
+
+def main(cfg: DictConfig | None = None) -> float | None:
+    """Console entry point: checks that the Hydra plugins the command line asks for are installed, then runs Hydra.
+
+    Given a ``cfg`` (Hydra's pass-through), runs the task on it directly and returns its value.
+    """
+    if cfg is not None:
+        return hydra_main(cfg)
+    check_plugins(sys.argv[1:])  # before Hydra parses: name the missing package instead of 'Could not find ...'
+    return hydra_main()

@@ -18,6 +18,7 @@ MODULES = [
     "lightning_autobalance.classifier",
     "lightning_autobalance.callback",
     "lightning_autobalance.launch",
+    "lightning_autobalance.cli_checks",
     "lightning_autobalance.data.profiles",
     "lightning_autobalance.data.labels",
     "lightning_autobalance.data.split",

@@ -23,8 +23,22 @@ def group_class_counts(targets: Tensor, groups: Tensor | None, num_groups: int, 
     return torch.bincount(cells, minlength=num_groups * num_classes).view(num_groups, num_classes)
 
 
-def _as_long(values: Any) -> Tensor:
-    return torch.as_tensor(values).long().reshape(-1)
+def _as_long(values: Any, name: str = "labels") -> Tensor:
+    """``values`` as a flat int64 tensor; float (or complex) values are rejected, never truncated."""
+    if isinstance(values, (list, tuple)):  # items read one by one: 0-d tensors, numpy or Python scalars
+        values = [
+            v.item() if isinstance(v, Tensor) and v.numel() == 1 and not v.is_floating_point() else v for v in values
+        ]
+    tensor = torch.as_tensor(values)
+    if tensor.numel() == 0:
+        return torch.zeros(0, dtype=torch.long)  # no sample: as_tensor([]) would say float32
+    if tensor.is_floating_point() or tensor.is_complex():
+        raise TypeError(
+            f"{name} must be integer {'group' if 'group' in name else 'class'} indices, got dtype {tensor.dtype}: "
+            "store them as integers 0, 1, ... (e.g. torch.long), or convert whole-number floats with .long() before "
+            "building the data set."
+        )
+    return tensor.long().reshape(-1)
 
 
 def dataset_labels(dataset: Dataset) -> tuple[Tensor, Tensor | None]:
@@ -46,11 +60,11 @@ def dataset_labels(dataset: Dataset) -> tuple[Tensor, Tensor | None]:
     if isinstance(dataset, TensorDataset):
         if len(dataset.tensors) < 2:
             raise ValueError("A TensorDataset for classification needs (inputs, labels[, groups]) tensors.")
-        groups = _as_long(dataset.tensors[2]) if len(dataset.tensors) > 2 else None
+        groups = _as_long(dataset.tensors[2], "group labels") if len(dataset.tensors) > 2 else None
         return _as_long(dataset.tensors[1]), groups
     if hasattr(dataset, "targets"):
         groups = getattr(dataset, "groups", None)
-        return _as_long(dataset.targets), None if groups is None else _as_long(groups)
+        return _as_long(dataset.targets), None if groups is None else _as_long(groups, "group labels")
     if not isinstance(dataset, Sized):
         raise TypeError(f"{type(dataset).__name__} has no length: a map-style data set is needed for a split.")
     targets, groups = [], []
@@ -61,7 +75,7 @@ def dataset_labels(dataset: Dataset) -> tuple[Tensor, Tensor | None]:
                 f"Item {i} of {type(dataset).__name__} is not an (x, y) or (x, y, g) tuple: give the data set a "
                 "`targets` attribute or return tuples."
             )
-        targets.append(int(item[1]))
+        targets.append(item[1])
         if len(item) > 2:
-            groups.append(int(item[2]))
-    return torch.tensor(targets, dtype=torch.long), torch.tensor(groups, dtype=torch.long) if groups else None
+            groups.append(item[2])
+    return _as_long(targets), _as_long(groups, "group labels") if groups else None

@@ -107,7 +107,10 @@ class MNIST1DLongTail(pl.LightningDataModule):
         super().__init__()
         self.counts = long_tail_counts(n_max, NUM_CLASSES, imbalance_ratio, profile)
         if test_per_class < 1 or batch_size < 1:
-            raise ValueError("test_per_class and batch_size must be ≥ 1.")
+            raise ValueError(
+                f"test_per_class and batch_size must be ≥ 1, got test_per_class={test_per_class} and "
+                f"batch_size={batch_size}: e.g. test_per_class=300 batch_size=64."
+            )
         self.n_max, self.test_per_class, self.batch_size, self.seed = n_max, test_per_class, batch_size, seed
         self.root = root
 

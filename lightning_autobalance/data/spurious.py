@@ -102,7 +102,10 @@ class SpuriousMNIST1D(pl.LightningDataModule):
                 f"{majority_fraction}: 0.95 is the Waterbirds-like default."
             )
         if test_per_cell < 1 or batch_size < 1:
-            raise ValueError("test_per_cell and batch_size must be ≥ 1.")
+            raise ValueError(
+                f"test_per_cell and batch_size must be ≥ 1, got test_per_cell={test_per_cell} and "
+                f"batch_size={batch_size}: e.g. test_per_cell=250 batch_size=64."
+            )
         self.n_train, self.majority_fraction, self.strength = n_train, majority_fraction, float(strength)
         self.test_per_cell, self.batch_size, self.seed, self.root = test_per_cell, batch_size, seed, root
         minority = self.expected_group_class_counts()[0, 1]

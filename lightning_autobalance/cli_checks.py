@@ -1,0 +1,345 @@
+"""Config checks before anything trains: the command-line app's pre-flight validation of its Hydra config.
+
+:func:`check_config` runs at the top of :func:`lightning_autobalance.cli.run`, before the data are generated;
+:func:`check_datamodule` runs right after ``datamodule.setup("fit")``, before the first phase trains (what only the
+set-up data can tell: no training sample, labels that are not integer class indices, a group objective on data whose
+groups are only known after set-up). :func:`check_plugins` runs in the console entry point before Hydra parses the
+command line. Every error names the config key, the value given and what to change.
+
+Choices recorded here:
+
+* ``+trainer.max_epochs`` / ``+trainer.callbacks`` / ``+trainer.logger`` / ``+trainer.default_root_dir`` are rejected
+  (not merged): the app sets them per phase (``train.max_epochs`` for baseline and retrain, ``search.max_epochs`` for
+  the search; the AutoBalance callback; one CSV log per phase under the run directory).
+* ``+llr=...`` is rejected: the app does not run last-layer retraining (``conf/llr`` configures the
+  :class:`~lightning_autobalance.last_layer.LastLayerRetraining` callback for a Trainer of your own).
+* Input kinds: a model or data class may declare ``input_kind = "sequence"`` or ``"image"`` (class attribute); the
+  package's own models and datamodules are listed in :data:`INPUT_KINDS`. Unknown classes are not checked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["INPUT_KINDS", "check_config", "check_datamodule", "check_plugins"]
+
+PHASES = ("baseline", "search", "retrain")
+
+# `_target_` of the package's models and datamodules → the inputs they take / yield. A class of your own can declare
+# a class attribute `input_kind` instead.
+INPUT_KINDS: dict[str, str] = {
+    "lightning_autobalance.models.MNIST1DConvNet": "sequence",
+    "lightning_autobalance.models.ImageResNet": "image",
+    "lightning_autobalance.models.CIFARResNet": "image",
+    "lightning_autobalance.models.resnet32": "image",
+    "lightning_autobalance.data.MNIST1DLongTail": "sequence",
+    "lightning_autobalance.data.mnist1d_lt.MNIST1DLongTail": "sequence",
+    "lightning_autobalance.data.SpuriousMNIST1D": "sequence",
+    "lightning_autobalance.data.spurious.SpuriousMNIST1D": "sequence",
+    "lightning_autobalance.data.CIFAR10LongTail": "image",
+    "lightning_autobalance.data.CIFAR100LongTail": "image",
+    "lightning_autobalance.data.cifar_lt.CIFAR10LongTail": "image",
+    "lightning_autobalance.data.cifar_lt.CIFAR100LongTail": "image",
+    "lightning_autobalance.data.waterbirds.Waterbirds": "image",
+    "lightning_autobalance.data.celeba.CelebA": "image",
+}
+_INPUT_SHAPES = {"sequence": "sequences (B, 1, length)", "image": "images (B, 3, H, W)"}
+_MODEL_FOR = {"sequence": "model=mnist1d_cnn", "image": "model=resnet18 (or resnet50)"}
+
+# Trainer arguments the app sets itself in every phase, and what to use instead.
+_TRAINER_OWNED = {
+    "max_epochs": "use train.max_epochs (baseline and retrain phases) and search.max_epochs (search phase)",
+    "callbacks": "drop +trainer.callbacks (the search phase adds the AutoBalance callback itself)",
+    "logger": "drop +trainer.logger (every phase logs to CSV under <run dir>/logs)",
+    "default_root_dir": "drop +trainer.default_root_dir and set the run directory with hydra.run.dir",
+}
+
+# Integer fields of the data configs: (minimum, example); checked where the data config has them (null allowed).
+_DATA_INTEGERS = {
+    "batch_size": (1, 64),
+    "test_per_class": (1, 300),
+    "test_per_cell": (1, 250),
+    "n_max": (1, 1000),
+    "n_train": (1, 4000),
+    "num_workers": (0, 2),
+    "image_size": (1, 224),
+    "crop_size": (1, 178),
+}
+
+# Command-line choices that need a Hydra plugin: (argument prefix, plugin module, pip package).
+_PLUGINS = (
+    ("hparams_search=", "hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper"),
+    ("hydra/sweeper=optuna", "hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper"),
+    ("hydra/launcher=slurm", "hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+    ("hydra/launcher=submitit", "hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(key: str, value: Any, minimum: int, example: str) -> None:
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"{key} must be an integer ≥ {minimum}, got {value!r}: e.g. {key}={example}.")
+
+
+def _locate(target: Any) -> Any:
+    """The object a ``_target_`` names, or ``None`` when it cannot be imported (instantiation reports that)."""
+    from hydra.utils import get_object
+
+    try:
+        return get_object(str(target))
+    except Exception:  # any import failure: instantiate reports it
+        return None
+
+
+def _input_kind(node: DictConfig) -> str | None:
+    target = node.get("_target_")
+    if target is None:
+        return None
+    declared = getattr(_locate(target), "input_kind", None)
+    return declared if declared in _INPUT_SHAPES else INPUT_KINDS.get(str(target))
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Validate the app's config before anything is generated or trained; raise naming the key, value and fix.
+
+    Checks ``phases``, ``seed``, ``threads``, ``learned_loss`` with ``phases``, the epoch counts, ``search`` and the
+    ``autobalance`` schedule (a search that would run no hyper-step), the integer fields of ``data``, ``trainer``
+    keys the app sets itself, the input kinds of ``model`` and ``data``, a group objective on data that declares
+    no groups (class attribute ``num_groups``; otherwise :func:`check_datamodule` decides after set-up), and the
+    unsupported ``llr`` group. It also builds the ``objective`` and the ``autobalance`` callback (cheap, nothing
+    trained) so that their own argument checks fail now rather than after the baseline phase.
+
+    Args:
+        cfg: the composed config of ``conf/config.yaml``.
+
+    Raises:
+        ValueError: a value out of range or a combination the app cannot run.
+        TypeError: a value of the wrong type (e.g. ``seed=abc``).
+
+    Example:
+        >>> from omegaconf import OmegaConf
+        >>> check_config(OmegaConf.create({"phases": ["baseline"], "seed": 0, "threads": 0}))
+        Traceback (most recent call last):
+        ...
+        ValueError: threads must be an integer ≥ 1 (torch.set_num_threads), got 0: e.g. threads=2.
+    """
+    phases = list(cfg.phases)
+    unknown = [p for p in phases if p not in PHASES]
+    if unknown:
+        raise ValueError(f"Unknown phases {unknown}: choose from {', '.join(PHASES)}.")
+    retrain_from = cfg.get("learned_loss")
+    if "retrain" in phases and "search" not in phases and not retrain_from:
+        raise ValueError(
+            "The retrain phase uses the loss learned by the search phase: add 'search' to phases, or retrain with a "
+            "loss learned earlier: learned_loss=path/to/autobalance_loss.yaml."
+        )
+    if retrain_from and "search" in phases:
+        raise ValueError(
+            f"learned_loss={retrain_from} retrains with a loss learned earlier, but phases also has 'search', which "
+            "learns a new one: use phases=[retrain] (or [baseline,retrain]), or drop learned_loss."
+        )
+    seed = cfg.get("seed")
+    if not _is_int(seed):
+        raise TypeError(f"seed must be an integer, got {seed!r} ({type(seed).__name__}): e.g. seed=0.")
+    threads = cfg.get("threads")
+    if not _is_int(threads) or threads < 1:
+        raise ValueError(f"threads must be an integer ≥ 1 (torch.set_num_threads), got {threads!r}: e.g. threads=2.")
+    if cfg.get("llr") is not None:
+        raise ValueError(
+            "llr is set (+llr=...), but the command-line app does not run last-layer retraining: drop +llr. The llr "
+            "group configures the LastLayerRetraining callback for a Trainer of your own "
+            "(hydra.utils.instantiate(cfg.llr)), or call lightning_autobalance.retrain_last_layer on a trained model."
+        )
+    if "baseline" in phases or "retrain" in phases:
+        _check_int("train.max_epochs", cfg.train.max_epochs, 1, "30")
+    if "search" in phases:
+        _check_search(cfg)
+    if "data" in cfg:
+        _check_data(cfg)
+    if "trainer" in cfg:
+        _check_trainer(cfg.trainer)
+    if "model" in cfg and "data" in cfg:
+        _check_input_kinds(cfg)
+
+
+def _check_search(cfg: DictConfig) -> None:
+    fraction = cfg.search.heldout_fraction
+    if not _is_number(fraction) or not 0.0 < fraction < 1.0:
+        raise ValueError(
+            f"search.heldout_fraction must lie strictly between 0 and 1, got {fraction!r}: it is the share of every "
+            "class held out for the search's upper level, e.g. search.heldout_fraction=0.2."
+        )
+    _check_int("search.max_epochs", cfg.search.max_epochs, 1, "30")
+    schedule = cfg.autobalance
+    for name, minimum, example in (
+        ("warmup_epochs", 0, "10"),
+        ("every_n_steps", 1, "10"),
+        ("train_batches", 1, "2"),
+        ("heldout_batches", 1, "2"),
+    ):
+        if name in schedule:
+            _check_int(f"autobalance.{name}", schedule[name], minimum, example)
+    warmup, epochs = schedule.get("warmup_epochs", 0), cfg.search.max_epochs
+    if epochs <= warmup:
+        raise ValueError(
+            f"search.max_epochs={epochs} ≤ autobalance.warmup_epochs={warmup}: the loss is frozen during the warm-up, "
+            "so the search would run no hyper-step and report the initial loss as learned. Raise search.max_epochs "
+            f"above the warm-up (e.g. search.max_epochs={warmup + max(1, warmup)}) or lower autobalance.warmup_epochs "
+            f"(e.g. autobalance.warmup_epochs={max(0, epochs // 3)})."
+        )
+    objective = _build("objective", cfg.objective)
+    _build("autobalance", cfg.autobalance, objective=objective)
+    if getattr(objective, "requires_groups", False) and "data" in cfg:
+        # a datamodule class declaring `num_groups` decides now; otherwise check_datamodule does after set-up
+        declared = getattr(_locate(cfg.data.get("_target_")), "num_groups", None)
+        if _is_int(declared) and declared < 2:
+            raise _no_groups_error(cfg, objective)
+
+
+def _build(group: str, node: DictConfig, **kwargs: Any) -> Any:
+    """``instantiate(node)``; an argument error is re-raised naming the config group (nothing is trained)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, (ValueError, TypeError)) else None
+        if cause is None:
+            raise
+        raise type(cause)(
+            f"The `{group}` config is invalid: {cause} (set it with {group}.<key>=... on the command line)."
+        ) from exc
+
+
+def _no_groups_error(cfg: DictConfig, objective: Any) -> ValueError:
+    return ValueError(
+        f"objective={type(objective).__name__} needs group labels, but data ({cfg.data.get('_target_')}) has no "
+        "groups: use objective=balanced (or objective=worst_group objective.over=class for the worst class), or data "
+        "with groups, e.g. experiment=spurious_mnist1d (data=spurious_mnist1d, waterbirds, celeba)."
+    )
+
+
+def _check_data(cfg: DictConfig) -> None:
+    data = cfg.data
+    for name, (minimum, example) in _DATA_INTEGERS.items():
+        if name in data and not OmegaConf.is_missing(data, name) and data.get(name) is not None:
+            _check_int(f"data.{name}", data.get(name), minimum, str(example))
+
+
+def _check_trainer(trainer: DictConfig) -> None:
+    import lightning.pytorch as pl
+
+    for key in trainer:
+        if key in _TRAINER_OWNED:
+            raise ValueError(
+                f"trainer.{key}={trainer.get(key)!r}: the app sets the Trainer's {key} itself in every phase: "
+                f"{_TRAINER_OWNED[key]}."
+            )
+    accepted = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+    extra = sorted(str(k) for k in trainer if k not in accepted)
+    if extra:
+        raise ValueError(
+            f"trainer.{extra[0]} is not an argument of lightning.pytorch.Trainer: remove it or fix its name "
+            "(the trainer group's keys are passed to Trainer(...))."
+        )
+
+
+def _check_input_kinds(cfg: DictConfig) -> None:
+    model_kind, data_kind = _input_kind(cfg.model), _input_kind(cfg.data)
+    if model_kind is None or data_kind is None or model_kind == data_kind:
+        return
+    arch = cfg.model.get("arch")
+    model = f"{cfg.model._target_}" + (f", arch={arch}" if arch else "")
+    raise ValueError(
+        f"model ({model}) takes {_INPUT_SHAPES[model_kind]}, but data ({cfg.data._target_}) yields "
+        f"{_INPUT_SHAPES[data_kind]}: use {_MODEL_FOR[data_kind]} with this data, or data made of "
+        f"{model_kind}s for this model."
+    )
+
+
+def check_datamodule(cfg: DictConfig, datamodule: Any) -> None:
+    """Validate the set-up training data before any phase trains; raise naming the data and what to change.
+
+    Reads the labels of ``datamodule.train_dataloader().dataset`` with
+    :func:`~lightning_autobalance.data.labels.dataset_labels` (fast for data sets with ``targets`` or tensors; a
+    ``TypeError`` for float labels), and fails on an empty training set, labels outside ``[0, num_classes)``, and a
+    group objective (``requires_groups``) on data with ``num_groups`` 1 when the search phase runs.
+
+    Args:
+        cfg: the composed config.
+        datamodule: the instantiated datamodule, after ``setup("fit")``.
+
+    Raises:
+        ValueError: no training sample, labels out of range, or a group objective without groups.
+        TypeError: labels that are not integer class indices.
+    """
+    from lightning_autobalance.data.labels import dataset_labels
+
+    name = f"data ({cfg.data.get('_target_', type(datamodule).__name__)})"
+    dataset = datamodule.train_dataloader().dataset
+    try:
+        targets, _ = dataset_labels(dataset)
+    except TypeError as exc:
+        raise TypeError(f"{name}: {exc}") from exc
+    if targets.numel() == 0:
+        raise ValueError(
+            f"{name} has no training samples after setup('fit'): check its settings (e.g. data.root, data.n_max, "
+            "data.n_train) and that the training split is not empty."
+        )
+    num_classes = int(datamodule.num_classes)
+    bad = (targets < 0) | (targets >= num_classes)
+    if bad.any():
+        raise ValueError(
+            f"{name} has training labels {sorted(set(targets[bad].tolist()))[:5]} outside [0, {num_classes}) "
+            f"(num_classes={num_classes}): remap the labels to 0..{num_classes - 1} or fix num_classes."
+        )
+    if "search" in list(cfg.phases) and int(getattr(datamodule, "num_groups", 1)) < 2:
+        from hydra.utils import instantiate
+
+        objective = instantiate(cfg.objective)
+        if getattr(objective, "requires_groups", False):
+            raise _no_groups_error(cfg, objective)
+
+
+def check_plugins(argv: Sequence[str]) -> None:
+    """Exit with the pip command when a command-line choice needs a Hydra plugin that is not installed.
+
+    Runs before Hydra parses ``argv`` (which would fail with ``Could not find 'hydra/sweeper/optuna'``).
+
+    Args:
+        argv: the command-line arguments, without the program name.
+
+    Raises:
+        SystemExit: naming the missing package, e.g. ``hydra-optuna-sweeper``, and how to install it.
+
+    Example:
+        >>> check_plugins(["seed=1", "phases=[baseline]"])  # nothing needs a plugin
+    """
+    for arg in argv:
+        choice = arg.lstrip("+")
+        for prefix, module, package in _PLUGINS:
+            if not choice.startswith(prefix) or choice in ("hparams_search=null", "hparams_search="):
+                continue
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise SystemExit(
+                    f"{arg} needs the Hydra plugin package {package}, which is not installed: "
+                    f"pip install {package} (or pip install -e '.[dev]'), or drop {arg}."
+                )
