@@ -18,12 +18,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
+from torch._dynamo import OptimizedModule  # what torch.compile(module) returns (Lightning imports it so too)
 from torch.optim import Optimizer
 
-from lightning_autobalance.data.split import HeldOutSplit
+from lightning_autobalance.data.split import HeldOutSplit, resolve_seed
 from lightning_autobalance.hypergrad import LinearSolver
-from lightning_autobalance.hyperstep import HyperStepContext, HyperStepEngine, make_engine
-from lightning_autobalance.learned_loss import load_loss, save_loss
+from lightning_autobalance.hyperstep import HyperStepContext, HyperStepEngine, LastLayer, make_engine
+from lightning_autobalance.learned_loss import load_loss, loss_to_dict, save_loss
 from lightning_autobalance.losses import HPARAM_KINDS, PRESETS, ParametricCrossEntropy
 from lightning_autobalance.mixin import AutoBalanceMixin
 from lightning_autobalance.objectives import Objective, balanced_cross_entropy, get_objective
@@ -61,13 +62,18 @@ class AutoBalance(Callback):
         delta_parameterization: ``"sigmoid"`` (bounded, default) or ``"exp"``.
         loss: a ready :class:`ParametricCrossEntropy` to tune instead of a preset.
         objective: ``"balanced"`` or a callable ``(logits, targets, groups) -> scalar`` on held-out batches.
-        warmup_epochs: epochs with α frozen before the first hyper-step.
+        warmup_epochs: epochs with α frozen before the first hyper-step (the Trainer's ``max_epochs`` must exceed
+            it).
         every_n_steps: weight steps between hyper-steps.
         train_batches: train batches averaged in the inner loss of a hyper-step.
         heldout_batches: held-out batches averaged in the objective (capped by the size of the held-out split).
-        batch_size: batch size of the hyper-step batches (default: the training loader's).
-        hyper_optimizer: factory ``params -> Optimizer`` (default SGD with ``hyper_lr`` and momentum 0.9).
+        batch_size: batch size of the hyper-step batches (None: the training loader's).
+        hyper_optimizer: factory ``params -> Optimizer`` (default Adam with ``hyper_lr``).
         hyper_lr: learning rate of the default hyper-optimizer.
+
+            The defaults of the schedule and the hyper-optimizer (warm-up 10 epochs, a hyper-step every 10 weight
+            steps on 2 + 2 batches of 256, Adam with learning rate 0.01) are those of the command-line app's
+            ``conf/autobalance/default.yaml``, the configuration behind every number in the README.
         engine: how a hyper-step computes the hypergradient (:mod:`lightning_autobalance.hyperstep`):
             ``"default"`` (= ``"last_layer"``: the inverse restricted to the last layer, an exact small solve over
             features of the drawn hyper-batches computed without a graph through the body — about one no-grad forward
@@ -81,7 +87,8 @@ class AutoBalance(Callback):
             head, ``ConjugateGradient(iters=10, damping=0.1)`` for ``full``, ``Neumann(terms=5, alpha=1.0)`` for
             ``reference``).
         export_path: where to write the learned loss (default ``<log_dir>/autobalance_loss.yaml``).
-        seed: seed of the hyper-step batch draws.
+        seed: seed of the hyper-step batch draws and of the augmentation draws (None: the seed given to
+            ``seed_everything``, or 0 without one).
         check_sync: under DDP, verify after every hyper-step that α is identical on all processes (two tiny
             all-reduces).
         max_hypergrad_norm: clip the Euclidean norm of the (flattened) hypergradient to this value before the
@@ -121,17 +128,17 @@ class AutoBalance(Callback):
         delta_parameterization: str = "sigmoid",
         loss: ParametricCrossEntropy | None = None,
         objective: str | Objective = "balanced",
-        warmup_epochs: int = 0,
-        every_n_steps: int = 20,
-        train_batches: int = 10,
-        heldout_batches: int = 10,
-        batch_size: int | None = None,
+        warmup_epochs: int = 10,
+        every_n_steps: int = 10,
+        train_batches: int = 2,
+        heldout_batches: int = 2,
+        batch_size: int | None = 256,
         hyper_optimizer: HyperOptimizerFactory | None = None,
         hyper_lr: float = 0.01,
         engine: str | HyperStepEngine = "default",
         solver: LinearSolver | None = None,
         export_path: str | os.PathLike[str] | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         check_sync: bool = True,
         max_hypergrad_norm: float | None = None,
         bounds: Mapping[str, Sequence[float]] | None = None,
@@ -204,11 +211,13 @@ class AutoBalance(Callback):
         self.objective = get_objective(objective)
         self.warmup_epochs, self.every_n_steps = warmup_epochs, every_n_steps
         self.train_batches, self.heldout_batches, self.batch_size = train_batches, heldout_batches, batch_size
-        self.hyper_optimizer_factory = hyper_optimizer or partial(torch.optim.SGD, lr=hyper_lr, momentum=0.9)
+        self.hyper_optimizer_factory = hyper_optimizer or partial(torch.optim.Adam, lr=hyper_lr)
         self.solver = solver
         self.engine: HyperStepEngine = make_engine(engine, solver, cache_size=train_batches)
         self.export_path = None if export_path is None else Path(export_path)
-        self.seed = seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed must be an integer or None (follow seed_everything), got {seed!r}.")
+        self.seed = seed  # None: resolved at setup from seed_everything's seed (or 0)
         self.check_sync = check_sync
         self.max_hypergrad_norm = None if max_hypergrad_norm is None else float(max_hypergrad_norm)
         self.bounds = {k: (float(lo), float(hi)) for k, (lo, hi) in (bounds or {}).items()}
@@ -226,7 +235,9 @@ class AutoBalance(Callback):
         self.hyper_optimizer: Optimizer | None = None
         self.hyper_steps = 0
         self.skipped_steps = 0
+        self.last_skip_cause = ""
         self.clipped_steps = 0
+        self.run_seed = 0 if seed is None else seed
         self.exported_path: Path | None = None
         self._pending_state: dict[str, Any] | None = None
         self._last_step = -1
@@ -274,10 +285,13 @@ class AutoBalance(Callback):
                 f"Classes {absent} have no held-out sample, so the held-out objective cannot see them: add samples "
                 "of these classes, raise the HeldOutSplit fraction, or set num_classes to the classes present."
             )
+        self._check_schedule(trainer)
+        self.run_seed = resolve_seed(self.seed)
         if self.loss is None:
             self.loss = self._build_loss(datamodule)
             if hasattr(self.loss, "augmentation_seed"):
-                self.loss.augmentation_seed = self.seed  # training-time augmentation draws follow the run's seed
+                self.loss.augmentation_seed = self.run_seed  # training-time augmentation draws follow the run's seed
+        self._warn_if_replacing(pl_module)
         pl_module.autobalance_loss = self.loss
         self.loss = pl_module.autobalance_loss  # moved to the module's device
         self.hyper_optimizer = self.hyper_optimizer_factory(list(self.loss.hparams().values()))
@@ -285,6 +299,51 @@ class AutoBalance(Callback):
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
             self._pending_state = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Decide the engine for this module once its own ``setup`` ran (where projects compile their networks).
+
+        The last-layer engine without the feature hook warns here, before training, that it falls back to all
+        weights; an engine over all weights refuses a ``torch.compile``-d submodule (its hyper-steps call the
+        network with substituted weights, which a compiled module does not support).
+        """
+        all_weights = not isinstance(self.engine, LastLayer) or self.engine.uses_fallback(pl_module)
+        compiled = [name for name, module in pl_module.named_modules() if isinstance(module, OptimizedModule)]
+        if all_weights and compiled:
+            raise ValueError(
+                f"AutoBalance: {type(pl_module).__name__} has torch.compile-d submodules ({', '.join(compiled)}), but "
+                f"the hyper-step engine {type(self.engine).__name__} differentiates the whole network with substituted "
+                "weights, which compiled modules do not support. Define `autobalance_features(x)` and "
+                "`autobalance_head()` on the module so the default last-layer engine runs (it works with compiled "
+                "networks), or do not compile during the search (e.g. model.compile=false) and compile for retraining."
+            )
+
+    def _check_schedule(self, trainer: pl.Trainer) -> None:
+        """Refuse a fit that ends before the first hyper-step (the 'learned' loss would be the initial one)."""
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and max_epochs >= 0 and max_epochs <= self.warmup_epochs:
+            raise ValueError(
+                f"AutoBalance(warmup_epochs={self.warmup_epochs}) keeps α frozen for the first {self.warmup_epochs} "
+                f"epochs, but the Trainer stops after max_epochs={max_epochs}: no hyper-step would run and the "
+                f"exported loss would be the initial one. Lower warmup_epochs (e.g. AutoBalance(warmup_epochs="
+                f"{max(0, max_epochs // 3)})) or raise the Trainer's max_epochs above {self.warmup_epochs}."
+            )
+
+    def _warn_if_replacing(self, pl_module: AutoBalanceMixin) -> None:
+        """Warn when installing the search's loss replaces a loss that is not plain cross-entropy."""
+        if not pl_module.has_autobalance_loss:
+            return
+        current = pl_module.autobalance_loss
+        if current is self.loss or (isinstance(current, ParametricCrossEntropy) and current.is_plain_cross_entropy):
+            return
+        rank_zero_warn(
+            f"AutoBalance replaces the loss already on {type(pl_module).__name__} ({type(current).__name__}, not plain "
+            "cross-entropy) with the search's starting loss "
+            f"({'the loss= given' if self.initial_loss is not None else f'preset {self.preset!r}'}). To search from "
+            "your loss, pass a learnable copy: AutoBalance(loss=ParametricCrossEntropy(K, delta=old.delta(), "
+            "iota=old.iota(), learnable=['delta', 'iota'])); to retrain with a learned loss, do not add the callback.",
+            category=UserWarning,
+        )
 
     def _build_loss(self, datamodule: HeldOutSplit) -> ParametricCrossEntropy:
         if self.initial_loss is not None:
@@ -361,7 +420,7 @@ class AutoBalance(Callback):
         hypergradient is clipped to ``max_hypergrad_norm`` and α projected into ``bounds`` (when configured).
         """
         assert self.loss is not None and self.hyper_optimizer is not None
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.hyper_steps)
+        generator = torch.Generator().manual_seed(self.run_seed * 1_000_003 + self.hyper_steps)
         needs_train = getattr(self.engine, "needs_train_batches", None)
         if needs_train is None or needs_train(pl_module, self.loss):
             train, num_train = self._draw_batches(
@@ -390,7 +449,7 @@ class AutoBalance(Callback):
         # the personalized augmentation draws the same noise / partners every time the engine evaluates a batch
         loss_module.train(pl_module.training)  # the inner loss is the training loss (augmentation on)
         fixed = getattr(loss_module, "fixed_augmentation", None)
-        draws = nullcontext() if fixed is None else fixed(seed=self.seed * 1_000_003 + self.hyper_steps)
+        draws = nullcontext() if fixed is None else fixed(seed=self.run_seed * 1_000_003 + self.hyper_steps)
         with torch.inference_mode(False), torch.enable_grad(), draws:
             result = self.engine(context)
         names = list(result.grads)
@@ -398,9 +457,14 @@ class AutoBalance(Callback):
         outer_value = result.outer
         if not torch.isfinite(flat).all():
             self.skipped_steps += 1
+            if not torch.isfinite(torch.as_tensor(outer_value)).all():
+                cause = "the held-out objective itself is not finite: check the held-out inputs and labels for NaN/inf"
+            else:
+                cause = "lower the hyper-learning rate or raise the solver's damping if this repeats"
+            self.last_skip_cause = cause
             rank_zero_warn(
                 f"AutoBalance: non-finite hypergradient at step {trainer.global_step}; hyper-step skipped "
-                f"({self.skipped_steps} so far). Lower hyper_lr or the Neumann alpha if this repeats."
+                f"({self.skipped_steps} so far): {cause}."
             )
             self._log(trainer, {"autobalance/skipped_steps": float(self.skipped_steps)})
             return False
@@ -498,18 +562,43 @@ class AutoBalance(Callback):
         path = self.export_path or Path(trainer.log_dir or trainer.default_root_dir) / "autobalance_loss.yaml"
         if self.posthoc:
             self.fit_posthoc(trainer, pl_module)
+        reason = self.unlearned_reason(trainer)
+        if reason is not None:
+            rank_zero_warn(
+                f"AutoBalance: NO hyper-step was taken, so the exported loss is the initial one, not a learned one: "
+                f"{reason}",
+                category=UserWarning,
+            )
         if trainer.is_global_zero:
             metadata = {
                 "hyper_steps": self.hyper_steps,
                 "skipped_steps": self.skipped_steps,
                 "global_step": trainer.global_step,
                 "epoch": trainer.current_epoch,
+                "learned": reason is None,
             }
+            if reason is not None:
+                metadata["not_learned_because"] = reason
             if self.posthoc_tau is not None:
                 metadata["posthoc_tau"] = self.posthoc_tau
             save_loss(self.loss, path, metadata)
             rank_zero_info(f"AutoBalance: learned loss written to {path}")
         self.exported_path = Path(path)
+
+    def unlearned_reason(self, trainer: pl.Trainer) -> str | None:
+        """Why α never moved (no hyper-step taken), or None when at least one hyper-step was applied."""
+        if self.hyper_steps > 0:
+            return None
+        if self.skipped_steps > 0:
+            return (
+                f"all {self.skipped_steps} hyper-steps were skipped because the hypergradient was not finite "
+                f"({self.last_skip_cause})."
+            )
+        return (
+            f"the fit ended at epoch {trainer.current_epoch} (global step {trainer.global_step}) before the first "
+            f"hyper-step (warmup_epochs={self.warmup_epochs}, then one every every_n_steps={self.every_n_steps} "
+            "weight steps): train for more epochs or lower warmup_epochs."
+        )
 
     @torch.no_grad()
     def fit_posthoc(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float:
@@ -549,6 +638,9 @@ class AutoBalance(Callback):
             "skipped_steps": self.skipped_steps,
             "clipped_steps": self.clipped_steps,
             "last_step": self._last_step,
+            "seed": self.run_seed,
+            # the same description as the exported YAML file: load_loss(checkpoint) reads α out of any checkpoint
+            "loss_file": loss_to_dict(self.loss, {"hyper_steps": self.hyper_steps, "from_checkpoint": True}),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -580,6 +672,10 @@ class AutoBalance(Callback):
         self.skipped_steps = int(state["skipped_steps"])
         self.clipped_steps = int(state.get("clipped_steps", 0))  # absent in checkpoints of earlier versions
         self._last_step = int(state.get("last_step", -1))
+        # the seed the run started with (it may have come from seed_everything): a resumed run draws the same batches
+        self.run_seed = int(state.get("seed", self.run_seed))
+        if hasattr(self.loss, "augmentation_seed"):
+            self.loss.augmentation_seed = self.run_seed
 
 
 def _check_strategy(trainer: pl.Trainer) -> None:

@@ -303,20 +303,36 @@ class LastLayer:
         self._attach(module, loss)
         return len(self._state["cache"]) < self.cache_size
 
+    def uses_fallback(self, module: nn.Module) -> bool:
+        """Whether ``module`` lacks the feature hook, so the fallback runs; warns once (the callback asks at fit start).
+
+        Example:
+            >>> import warnings
+            >>> with warnings.catch_warnings(record=True) as caught:
+            ...     warnings.simplefilter("always")
+            ...     LastLayer().uses_fallback(nn.Linear(2, 2))
+            True
+            >>> "no feature hook" in str(caught[0].message)
+            True
+        """
+        if has_feature_hook(module):
+            return False
+        if not self._state.get("warned"):
+            self._state["warned"] = True
+            warnings.warn(
+                f"AutoBalance: {type(module).__name__} has no feature hook, so the last-layer hyper-step engine "
+                f"falls back to {type(self.fallback).__name__} over all weights (about twice the fit time). Define "
+                "`autobalance_features(x) -> (B, d)` and `autobalance_head() -> nn.Linear` on the module to use "
+                "it, or pass `engine='full'` to silence this warning.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return True
+
     def __call__(self, context: HyperStepContext) -> HypergradientResult:
         """Compute the hypergradient (or the fallback's, without the feature hook)."""
         module = context.module
-        if not has_feature_hook(module):
-            if not self._state.get("warned"):
-                self._state["warned"] = True
-                warnings.warn(
-                    f"AutoBalance: {type(module).__name__} has no feature hook, so the last-layer hyper-step engine "
-                    f"falls back to {type(self.fallback).__name__} over all weights (slower). Define "
-                    "`autobalance_features(x) -> (B, d)` and `autobalance_head() -> nn.Linear` on the module to use "
-                    "it, or pass `engine='full'` to silence this warning.",
-                    UserWarning,
-                    stacklevel=2,
-                )
+        if self.uses_fallback(module):
             return self.fallback(context)
         if self.train_features == "cached":
             self._attach(module, context.loss)

@@ -106,6 +106,42 @@ def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], p
     return value
 
 
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LearnedLossError(f"No learned-loss file at {path}: run the search phase first or fix the path.") from None
+    except yaml.constructor.ConstructorError as error:  # e.g. a !!python/object tag: refused, never constructed
+        raise LearnedLossError(
+            f"{path} is not valid YAML for a learned loss: it holds a tag that safe loading refuses ({error.problem}); "
+            "a learned-loss file is plain data, so it was not loaded: re-export it with save_loss, or remove the tag."
+        ) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise LearnedLossError(f"{path} is not valid YAML (truncated or corrupted?): {error}") from None
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The learned-loss description that the AutoBalance callback stores in every Lightning checkpoint."""
+    if not path.exists():
+        raise LearnedLossError(f"No checkpoint at {path}: fix the path.")
+    try:  # weights_only: plain tensors and containers, never arbitrary objects
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise LearnedLossError(f"{path} could not be read as a Lightning checkpoint: {error}") from None
+    states = [
+        state["loss_file"]
+        for key, state in (checkpoint.get("callbacks") or {}).items()
+        if str(key).startswith("AutoBalance") and isinstance(state, dict) and "loss_file" in state
+    ]
+    if len(states) != 1:
+        found = "no AutoBalance state" if not states else f"{len(states)} AutoBalance callbacks"
+        raise LearnedLossError(
+            f"{path} holds {found} with a learned loss: pass a checkpoint written during an AutoBalance search "
+            "(lightning-autobalance ≥ 0.1.0, one AutoBalance callback), or the exported autobalance_loss.yaml."
+        )
+    return states[0]
+
+
 def load_loss(
     path: str | os.PathLike[str],
     num_classes: int | None = None,
@@ -113,14 +149,17 @@ def load_loss(
     *,
     learnable: tuple[str, ...] = (),
 ) -> ParametricCrossEntropy:
-    """Read a learned loss written by :func:`save_loss`.
+    """Read a learned loss written by :func:`save_loss`, or the one held by a checkpoint of an AutoBalance search.
+
+    A Lightning checkpoint (``.ckpt``: any of them, e.g. ModelCheckpoint's best, not only the last) carries the α of
+    its step in the AutoBalance callback's state, in the same description as the YAML file.
 
     The file records everything that defines the loss: the raw parameters of Δ, ι, ω, σ and m (shape (G, blocks)), the
     block of every class, the number of groups and classes, the Δ parameterisation and ``delta_max``, and which kinds
     were learnable (informative: the loaded loss is frozen unless ``learnable`` says otherwise).
 
     Args:
-        path: the YAML file.
+        path: the YAML file, or a Lightning checkpoint (suffix ``.ckpt``) saved during an AutoBalance search.
         num_classes: the number of classes K of the model the loss is for; a file for another K is rejected.
         num_groups: the number of groups G of the data the loss is for; a file for another G is rejected.
         learnable: kinds to make learnable again; by default the loss is frozen (for the retrain phase).
@@ -136,17 +175,7 @@ def load_loss(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LearnedLossError(f"No learned-loss file at {path}: run the search phase first or fix the path.") from None
-    except yaml.constructor.ConstructorError as error:  # e.g. a !!python/object tag: refused, never constructed
-        raise LearnedLossError(
-            f"{path} is not valid YAML for a learned loss: it holds a tag that safe loading refuses ({error.problem}); "
-            "a learned-loss file is plain data, so it was not loaded: re-export it with save_loss, or remove the tag."
-        ) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise LearnedLossError(f"{path} is not valid YAML (truncated or corrupted?): {error}") from None
+    data = _read_checkpoint(path) if path.suffix == ".ckpt" else _read_yaml(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise LearnedLossError(f"{path} is not a lightning-autobalance learned-loss file (expected format: {FORMAT}).")
     version = data.get("version")

@@ -633,6 +633,25 @@ class ParametricCrossEntropy(nn.Module):
         return self._from_raw("mix", self.raw_mix[:, self.block_index])
 
     @property
+    def is_plain_cross_entropy(self) -> bool:
+        """Whether the loss equals plain cross-entropy: Δ = 1, ι = 0, ω = 1, no augmentation, no prediction shift.
+
+        Example:
+            >>> ParametricCrossEntropy(3).is_plain_cross_entropy
+            True
+            >>> ParametricCrossEntropy(3, iota=[0.0, 0.0, 1.0]).is_plain_cross_entropy
+            False
+        """
+        with torch.no_grad():
+            return bool(
+                torch.allclose(self.delta(), torch.ones_like(self.delta()))
+                and not self.iota().any()
+                and torch.allclose(self.omega(), torch.ones_like(self.omega()))
+                and not self.augments
+                and not self.prediction_shift.any()
+            )
+
+    @property
     def augments(self) -> bool:
         """Whether the personalized augmentation is on (some σ or m above 0)."""
         return bool((self.raw_noise > -math.inf).any() or (self.raw_mix > -math.inf).any())

@@ -5,15 +5,37 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import lightning.pytorch as pl
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torchmetrics import MetricCollection
 
 from lightning_autobalance import metrics as M
 from lightning_autobalance.losses import ParametricCrossEntropy
 
-__all__ = ["AutoBalanceMixin"]
+__all__ = ["AutoBalanceMixin", "PlainCrossEntropy"]
 
 _LOSS_ATTRIBUTE = "_autobalance_loss_module"
+_PLAIN_ATTRIBUTE = "_autobalance_plain_loss"
+
+
+class PlainCrossEntropy(nn.Module):
+    """Cross-entropy with the loss call signature ``(logits, targets, groups=None)``; the mixin's loss until one is set.
+
+    Its width is the logits' (``num_classes`` is ``None``); groups are ignored.
+
+    Example:
+        >>> import torch
+        >>> loss = PlainCrossEntropy()
+        >>> logits, targets = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
+        >>> bool(torch.isclose(loss(logits, targets), torch.nn.functional.cross_entropy(logits, targets)))
+        True
+    """
+
+    num_classes: int | None = None
+
+    def forward(self, logits: Tensor, targets: Tensor, groups: Tensor | None = None) -> Tensor:
+        return F.cross_entropy(logits, targets)
 
 
 class AutoBalanceMixin:
@@ -51,15 +73,15 @@ class AutoBalanceMixin:
     """
 
     @property
-    def autobalance_loss(self) -> ParametricCrossEntropy:
-        """The loss ``(logits, targets, groups=None) -> scalar``; installed by the callback or assigned by you."""
+    def autobalance_loss(self) -> nn.Module:
+        """The loss ``(logits, targets, groups=None) -> scalar``; installed by the callback or assigned by you.
+
+        Until one is installed it is :class:`PlainCrossEntropy`: a model with the mixin trains as with plain
+        cross-entropy when neither a callback nor you gave it a loss.
+        """
         loss = self.__dict__.get(_LOSS_ATTRIBUTE)
         if loss is None:
-            raise RuntimeError(
-                f"{type(self).__name__} has no AutoBalance loss yet: add the AutoBalance callback to the Trainer, or "
-                "assign one, e.g. `self.autobalance_loss = ParametricCrossEntropy(num_classes)` or "
-                "`self.autobalance_loss = load_loss('autobalance_loss.yaml')`."
-            )
+            loss = self.__dict__.setdefault(_PLAIN_ATTRIBUTE, PlainCrossEntropy())
         # the loss is outside the module tree, so train()/eval() (and Lightning's restoring of each submodule's
         # flag) never reach it: it follows the module here (its personalized augmentation acts in training only)
         loss.training = bool(getattr(self, "training", True))
@@ -115,13 +137,18 @@ class AutoBalanceMixin:
         logits, targets, groups = self.autobalance_forward(batch)
         return self.autobalance_loss(logits, targets, groups)
 
-    def autobalance_metrics(self, stage: str) -> MetricCollection:
-        """The metrics of ``stage`` (e.g. ``"val"``, ``"test"``), created on first use from the loss's K and G."""
+    def autobalance_metrics(self, stage: str, num_classes: int | None = None) -> MetricCollection:
+        """The metrics of ``stage`` (e.g. ``"val"``, ``"test"``), created on first use from the loss's K and G.
+
+        ``num_classes`` sizes them when the loss does not know its width (:class:`PlainCrossEntropy`).
+        """
         name = f"autobalance_{stage}_metrics"
         collection = self._modules.get(name) if hasattr(self, "_modules") else None  # type: ignore[attr-defined]
         if collection is None:
             loss = self.autobalance_loss
-            k, g = loss.num_classes, getattr(loss, "num_groups", None) or 1
+            k, g = loss.num_classes or num_classes, getattr(loss, "num_groups", None) or 1
+            if k is None:
+                raise ValueError(f"autobalance_metrics({stage!r}) needs num_classes: the loss does not know its width.")
             members = {"balanced_error": M.BalancedError(k, g), "worst_class_error": M.WorstClassError(k, g),
                        "error": M.Error(k, g)}  # fmt: skip
             if g > 1:
@@ -146,20 +173,49 @@ class AutoBalanceMixin:
         loss = self.autobalance_loss
         if isinstance(loss, ParametricCrossEntropy):
             logits = loss.shift_predictions(logits, groups)
-        collection = self.autobalance_metrics(stage)
+        else:
+            groups = groups if getattr(loss, "num_groups", 1) > 1 else None
+        collection = self.autobalance_metrics(stage, num_classes=logits.shape[-1])
         collection.update(logits, targets, groups)
-        self.log_dict(collection, on_step=False, on_epoch=True, prog_bar=stage == "val")  # type: ignore[attr-defined]
+        attribute = f"autobalance_{stage}_metrics"
+        for key, metric in collection.items(keep_base=True):
+            # naming the attribute lets Lightning find metrics created after it indexed the module's metrics (the
+            # user's own torchmetrics logged first)
+            self.log(  # type: ignore[attr-defined]
+                f"{stage}/{key}", metric, on_step=False, on_epoch=True, prog_bar=stage == "val",
+                metric_attribute=f"{attribute}.{key}",
+            )  # fmt: skip
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """Log the validation metrics (see :meth:`autobalance_evaluate`)."""
+    def validation_step(self, batch: Any, batch_idx: int, *args: Any, **kwargs: Any) -> Any:
+        """Log the validation metrics (see :meth:`autobalance_evaluate`), unless a class after the mixin has its own.
+
+        In ``class Mine(AutoBalanceMixin, TheirModel)`` the ``validation_step`` of ``TheirModel`` runs instead.
+        """
+        if _defined_after_mixin(type(self), "validation_step"):
+            return super().validation_step(batch, batch_idx, *args, **kwargs)  # type: ignore[misc]
         self.autobalance_evaluate("val", batch)
+        return None
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        """Log the test metrics (see :meth:`autobalance_evaluate`)."""
+    def test_step(self, batch: Any, batch_idx: int, *args: Any, **kwargs: Any) -> Any:
+        """Log the test metrics (see :meth:`autobalance_evaluate`), unless a class after the mixin has its own."""
+        if _defined_after_mixin(type(self), "test_step"):
+            return super().test_step(batch, batch_idx, *args, **kwargs)  # type: ignore[misc]
         self.autobalance_evaluate("test", batch)
+        return None
 
     def on_train_epoch_start(self) -> None:
         """Tell an epoch-scheduled loss (e.g. LDAM with deferred re-weighting) which epoch starts."""
         loss = self.__dict__.get(_LOSS_ATTRIBUTE)
         if loss is not None and hasattr(loss, "set_epoch"):
             loss.set_epoch(self.current_epoch)  # type: ignore[attr-defined]
+
+
+def _defined_after_mixin(cls: type, name: str) -> bool:
+    """Whether a class between :class:`AutoBalanceMixin` and ``LightningModule`` in ``cls.__mro__`` defines ``name``."""
+    mro = cls.__mro__
+    for base in mro[mro.index(AutoBalanceMixin) + 1 :]:
+        if base is pl.LightningModule:
+            return False
+        if name in base.__dict__:
+            return True
+    return False

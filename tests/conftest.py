@@ -3,7 +3,16 @@
 import os
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def no_global_seed(monkeypatch):
+    """Every test starts without a seed_everything seed (AutoBalance / HeldOutSplit seeds follow it when unset)."""
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+
 
 # Command-line overrides that make the app's default job tiny (seconds instead of minutes).
 SMALL_RUN = [

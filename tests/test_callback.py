@@ -153,7 +153,8 @@ def test_resume_mid_search_is_bit_identical(tmp_path, engine):
     pl.seed_everything(123, verbose=False)  # a different RNG state must not matter
     model = TinyModel()
     trainer = make_trainer(tmp_path / "c", [resumed], max_epochs=4)
-    trainer.fit(model, datamodule=HeldOutSplit(TinyData(), fraction=0.25), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    split = HeldOutSplit(TinyData(), fraction=0.25, seed=0)  # the split of the checkpoint's run (fit() seeds it 0)
+    trainer.fit(model, datamodule=split, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
 
     assert resumed.hyper_steps == full.hyper_steps
     assert not torch.equal(full.loss.raw_iota, torch.zeros_like(full.loss.raw_iota))  # α moved
@@ -231,8 +232,6 @@ def test_errors_say_what_to_change(tmp_path):
         AutoBalance(preset="focal-ish")
     with pytest.raises(ValueError, match="every_n_steps must be an integer"):
         AutoBalance(every_n_steps=0)
-    with pytest.raises(RuntimeError, match="has no AutoBalance loss yet"):
-        TinyModel().autobalance_loss  # noqa: B018
 
 
 def test_mixin_moves_loss_with_module_and_keeps_it_out_of_the_tree():
@@ -327,7 +326,7 @@ class GroupTinyData(TinyData):
 def test_preset_starts_each_group_from_its_own_counts(tmp_path):
     from lightning_autobalance.losses import preset_values
 
-    callback = make_callback(tmp_path, preset="la", warmup_epochs=5)
+    callback = make_callback(tmp_path, preset="la", warmup_epochs=2)  # one weight step: α stays the preset
     split = HeldOutSplit(GroupTinyData())
     make_trainer(tmp_path, [callback], max_steps=1).fit(TinyModel(), datamodule=split)
     cells = split.group_class_counts.double()

@@ -173,6 +173,6 @@ def test_callback_default_engine_is_the_last_layer_with_fresh_features():
 
     engine = AutoBalance().engine
     assert isinstance(engine, LastLayer) and engine.train_features == "fresh"
-    assert engine == make_engine() == make_engine("last_layer")
+    assert engine == make_engine(cache_size=2) == make_engine("last_layer", cache_size=2)  # 2 train batches
     assert isinstance(engine.solver, Exact) and isinstance(engine.fallback, FullNetwork)
     assert isinstance(AutoBalance(engine="full").engine, FullNetwork)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from lightning_autobalance.data.labels import dataset_labels, group_class_counts
 
-__all__ = ["HeldOutSplit", "stratified_split"]
+__all__ = ["HeldOutSplit", "resolve_seed", "stratified_split"]
 
 
 def stratified_split(targets: Tensor, groups: Tensor | None, fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -92,6 +93,20 @@ class _ResumableLoader(DataLoader):
             self.sampler.resume = (int(state["epoch"]), int(state["batches"]) * (self.batch_size or 1))
 
 
+def resolve_seed(seed: int | None) -> int:
+    """``seed`` if given, else the seed of the last ``seed_everything`` call (``PL_GLOBAL_SEED``), else 0.
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> _ = pl.seed_everything(7, verbose=False)
+        >>> resolve_seed(None), resolve_seed(3)
+        (7, 3)
+    """
+    if seed is not None:
+        return int(seed)
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
 class HeldOutSplit(pl.LightningDataModule):
     """Wrap a datamodule so its training data is split into a train part and a held-out part.
 
@@ -104,7 +119,8 @@ class HeldOutSplit(pl.LightningDataModule):
         datamodule: the datamodule to wrap; its ``train_dataloader()`` must be a map-style data set of ``(x, y)`` or
             ``(x, y, g)`` items (see :func:`~lightning_autobalance.data.labels.dataset_labels`).
         fraction: share of every class that is held out, in (0, 1); the paper uses 0.2.
-        seed: seed of the split and of the training order.
+        seed: seed of the split and of the training order (None: the seed given to ``seed_everything``, or 0
+            without one; see :func:`resolve_seed`).
         num_classes: number of classes; labels outside ``[0, num_classes)`` are rejected (default: max label + 1).
 
     After ``setup("fit")``: ``num_classes``, ``num_groups`` (1 without group labels), ``class_counts`` (K,) and
@@ -117,14 +133,21 @@ class HeldOutSplit(pl.LightningDataModule):
     """
 
     def __init__(
-        self, datamodule: pl.LightningDataModule, fraction: float = 0.2, seed: int = 0, num_classes: int | None = None
+        self,
+        datamodule: pl.LightningDataModule,
+        fraction: float = 0.2,
+        seed: int | None = None,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(datamodule, pl.LightningDataModule):
             raise TypeError(f"HeldOutSplit wraps a LightningDataModule, got {type(datamodule).__name__}.")
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"The held-out fraction must lie strictly between 0 and 1, got {fraction}: e.g. 0.2.")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"HeldOutSplit seed must be an integer or None (follow seed_everything), got {seed!r}.")
         self.datamodule, self.fraction, self.seed, self.num_classes = datamodule, fraction, seed, num_classes
+        self.run_seed = 0 if seed is None else seed  # resolved when the split is built
         self._template: DataLoader | None = None
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -140,6 +163,12 @@ class HeldOutSplit(pl.LightningDataModule):
             self._template = self.datamodule.train_dataloader()
             dataset = self._template.dataset
             targets, groups = dataset_labels(dataset)
+            if targets.numel() == 0:
+                raise ValueError(
+                    f"The training data of {type(self.datamodule).__name__} is empty (its train_dataloader() has no "
+                    "samples): check the data path and filters."
+                )
+            self.run_seed = resolve_seed(self.seed)
             num_classes = self.num_classes or int(targets.max()) + 1
             bad = (targets < 0) | (targets >= num_classes)
             if bad.any():
@@ -148,7 +177,7 @@ class HeldOutSplit(pl.LightningDataModule):
                     "remap the labels or pass the right num_classes."
                 )
             self.num_classes = num_classes
-            train_idx, held_idx = stratified_split(targets, groups, self.fraction, self.seed)
+            train_idx, held_idx = stratified_split(targets, groups, self.fraction, self.run_seed)
             self.train_dataset: Dataset = Subset(dataset, train_idx.tolist())
             self.heldout_dataset: Dataset = Subset(dataset, held_idx.tolist())
             self.num_groups = 1 if groups is None else int(groups.max()) + 1
@@ -158,6 +187,19 @@ class HeldOutSplit(pl.LightningDataModule):
             self.heldout_group_class_counts = group_class_counts(targets[held_idx], held_groups, *shape)
             self.class_counts = self.group_class_counts.sum(0)
             self.heldout_class_counts = self.heldout_group_class_counts.sum(0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The seed the split was built with (saved in Lightning checkpoints)."""
+        return {"seed": self.run_seed} if self._template is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Refuse to resume on another split than the checkpoint's (the held-out data would leak into training)."""
+        saved = state_dict.get("seed")
+        if saved is not None and self._template is not None and int(saved) != self.run_seed:
+            raise ValueError(
+                f"The checkpoint was trained on the HeldOutSplit of seed {saved}, but this run built it with seed "
+                f"{self.run_seed}: resume with HeldOutSplit(seed={saved}) or the same seed_everything({saved})."
+            )
 
     def _require_setup(self) -> DataLoader:
         if self._template is None:
@@ -173,7 +215,7 @@ class HeldOutSplit(pl.LightningDataModule):
             # batches equal a single process's batches of world_size × batch_size.
             trainer = self.trainer
             world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-            sampler = _ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+            sampler = _ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.run_seed)
         loader = (_ResumableLoader if shuffle else DataLoader)(
             dataset,
             batch_size=template.batch_size,
