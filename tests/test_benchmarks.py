@@ -464,3 +464,11 @@ def test_paper_scale_report_lists_rows_noise_floor_and_paired_differences():
     assert "| LA | 4.23 ± 0.25 | 8.47 ± 0.50 |" in report
     assert "Noise floor (control minus LA" in report and "exponential +0.03" in report
     assert "| LA | +0.80 |" in report  # AutoBalance minus LA, points
+
+
+def test_search_cost_prints_both_settings_with_ratios(capsys):
+    search_cost = _load("search_cost")
+    assert search_cost.main(["--epochs", "3", "--steady-epochs", "1", "--n-max", "200", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "## whole search phase: 3 epochs, warm-up 1" in out and "## steady state (no warm-up)" in out
+    assert out.count("ratio search / plain: wall") == 2
