@@ -13,6 +13,14 @@ from lightning_autobalance.hypergrad import ConjugateGradient, Neumann, hypergra
 from lightning_autobalance.last_layer import LastLayerRetraining, extract_features, retrain_last_layer
 from lightning_autobalance.learned_loss import LearnedLossError, load_loss, save_loss
 from lightning_autobalance.losses import PRESETS, ParametricCrossEntropy, make_loss, preset_values
+from lightning_autobalance.metrics import (
+    MeanGroupAccuracy,
+    WeightedAverageAccuracy,
+    WorstGroupAccuracy,
+    mean_group_accuracy,
+    weighted_average_accuracy,
+    worst_group_accuracy,
+)
 from lightning_autobalance.mixin import AutoBalanceMixin
 from lightning_autobalance.objectives import Blend, EqualizedOddsGap, EqualOpportunityGap, WorstGroup
 from lightning_autobalance.posthoc import adjust_logits, fit_logit_adjustment
@@ -32,9 +40,12 @@ __all__ = [
     "LastLayerRetraining",
     "LearnedLossError",
     "MNIST1DLongTail",
+    "MeanGroupAccuracy",
     "Neumann",
     "ParametricCrossEntropy",
+    "WeightedAverageAccuracy",
     "WorstGroup",
+    "WorstGroupAccuracy",
     "adjust_logits",
     "extract_features",
     "fit_logit_adjustment",
@@ -43,9 +54,12 @@ __all__ = [
     "long_tail_counts",
     "make_baseline",
     "make_loss",
+    "mean_group_accuracy",
     "preset_values",
     "retrain_last_layer",
     "save_loss",
+    "weighted_average_accuracy",
+    "worst_group_accuracy",
 ]
 
 __version__ = "0.1.0"

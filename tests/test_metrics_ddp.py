@@ -27,6 +27,9 @@ K, G = 4, 3
 N = 157
 SPLIT = 48  # rank 0 gets 48 samples, rank 1 gets 109
 TIMEOUT_S = 120.0
+# training counts per (group, class) for the weighted average accuracy: skewed, one zero cell, weight on the
+# group that only rank 1 sees (so rank 0's local value would drop it and renormalise)
+TRAIN_CELL_COUNTS = [[50, 5, 30, 2], [4, 40, 3, 25], [10, 0, 6, 20]]
 
 # (name, class name, functional name, kwargs); names only, so that everything pickles by reference
 SPECS: list[tuple[str, str, str, dict[str, Any]]] = [
@@ -42,6 +45,15 @@ SPECS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("eopp_gap", "EqualOpportunityGap", "equal_opportunity_gap", {}),
     ("eodds_gap", "EqualizedOddsGap", "equalized_odds_gap", {}),
     ("eodds_gap_mean", "EqualizedOddsGap", "equalized_odds_gap", {"reduction": "mean"}),
+    ("worst_group_accuracy", "WorstGroupAccuracy", "worst_group_accuracy", {}),
+    ("worst_group_accuracy_over_group", "WorstGroupAccuracy", "worst_group_accuracy", {"over": "group"}),
+    ("mean_group_accuracy", "MeanGroupAccuracy", "mean_group_accuracy", {}),
+    (
+        "weighted_average_accuracy",
+        "WeightedAverageAccuracy",
+        "weighted_average_accuracy",
+        {"train_cell_counts": TRAIN_CELL_COUNTS},
+    ),
 ]
 
 
