@@ -9,26 +9,39 @@ long-tailed MNIST-1D by default:
    to ``autobalance_loss.yaml``;
 3. ``retrain`` — a fresh model trained on all training data with the learned loss frozen;
 
-then prints one table (balanced, worst-class and overall test error of CE and AutoBalance) and the learned per-class
-Δ and ι, and writes ``results.md``, ``results.json`` and ``per_class.png`` into the Hydra run directory. ``main``
-returns the search model's balanced error on the held-out split, the value Hydra sweepers minimise.
+then reports one table (balanced, worst-class and overall test error of CE and AutoBalance) and the learned per-class
+Δ and ι, and writes ``results.md``, ``results.json``, ``per_class.png`` and ``alpha_trajectory.png`` (α per class
+against the hyper-step, drawn from the search phase's CSV log) into the Hydra run directory. ``main`` returns the
+search model's balanced error on the held-out split, the value Hydra sweepers minimise.
+
+Output: progress and the report go through :mod:`logging` (logger ``lightning_autobalance.cli``), so Hydra's job log
+``<run dir>/cli.log`` holds them and the console shows them; Lightning's informational lines (accelerator, seed and
+tips) are lowered to warnings-only while the app runs; the progress bar is on only when the console is a terminal
+(``trainer.enable_progress_bar: null``, see :func:`progress_bar_enabled`). Every phase logs its metrics with the
+``logger`` config group (``logger=csv``, the default: ``<run dir>/logs/<phase>/version_0/metrics.csv``;
+``logger=tensorboard``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
+import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import hydra
 import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_autobalance.callback import AutoBalance
@@ -46,8 +59,27 @@ from lightning_autobalance.metrics import (
     worst_class_error,
     worst_group_error,
 )
+from lightning_autobalance.plots import plot_alpha_trajectory, plot_results
 
-__all__ = ["hydra_main", "main", "run"]
+__all__ = ["hydra_main", "main", "progress_bar_enabled", "run"]
+
+log = logging.getLogger(__name__)
+
+# Lightning's loggers of informational lines (accelerator, seed, tips, "`Trainer.fit` stopped", distributed set-up),
+# set to WARNING while the app runs: its warnings still show.
+QUIET_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning.fabric.utilities.seed",
+    "lightning.fabric.utilities.distributed",
+    "lightning.pytorch.accelerators.cuda",
+)
+
+# Logger classes (`logger._target_`) that need a package Lightning imports lazily: any one of the packages will do.
+LOGGER_PACKAGES = {
+    "lightning.pytorch.loggers.TensorBoardLogger": ("tensorboard", "tensorboardX"),
+    "lightning.pytorch.loggers.tensorboard.TensorBoardLogger": ("tensorboard", "tensorboardX"),
+}
 
 KIND_SYMBOLS = {"delta": "Δ", "iota": "ι", "omega": "ω", "noise": "σ (noise)", "mix": "m (mix)"}
 
@@ -120,17 +152,82 @@ def test_report(model: pl.LightningModule, loader: Any, num_classes: int, num_gr
     return report
 
 
+def progress_bar_enabled(setting: bool | None, stream: TextIO | None = None) -> bool:
+    """Whether the Trainer shows a progress bar: ``setting`` when given, else only when ``stream`` is a terminal.
+
+    Lightning's progress bars (Rich and tqdm) draw on standard output, so ``stream`` defaults to ``sys.stdout``: a job
+    redirected to a file (``> log.txt``) gets no bar refreshes, a terminal gets the bar.
+
+    Args:
+        setting: ``trainer.enable_progress_bar``: ``True`` / ``False`` force it; ``None`` decides from ``stream``.
+        stream: the stream the bar would draw on; ``None`` for ``sys.stdout``.
+
+    Example:
+        >>> import io
+        >>> progress_bar_enabled(None, io.StringIO()), progress_bar_enabled(True, io.StringIO())
+        (False, True)
+    """
+    if setting is not None:
+        return bool(setting)
+    stream = sys.stdout if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def check_logger(cfg: DictConfig) -> None:
+    """Fail before training when the ``logger`` group needs a package that is not installed, naming it."""
+    node = cfg.get("logger")
+    packages = LOGGER_PACKAGES.get(str(node.get("_target_"))) if node is not None else None
+    if packages and not any(_installed(p) for p in packages):
+        raise ModuleNotFoundError(
+            f"logger={node._target_.rsplit('.', 1)[-1]} needs the `{packages[0]}` package, which is not installed: "
+            f"pip install {packages[0]} (or {' / '.join(packages[1:])}), or use the default logger=csv."
+        )
+
+
+def _logger(cfg: DictConfig, out: Path, phase: str) -> Logger | bool:
+    """The ``logger`` group's logger for ``phase``: ``<out>/logs/<phase>/version_0/``; ``False`` without a group."""
+    if cfg.get("logger") is None:
+        return False
+    return instantiate(cfg.logger, save_dir=str(out / "logs"), name=phase)
+
+
 def _trainer(cfg: DictConfig, out: Path, phase: str, max_epochs: int, callbacks: list[Any] | None = None) -> pl.Trainer:
     options: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
     if options.get("strategy") == "ddp" and HydraConfig.initialized():
         options["strategy"] = HydraJobDDPStrategy()  # workers re-run this job, not the whole sweep
+    options["enable_progress_bar"] = progress_bar_enabled(options.get("enable_progress_bar"))
     return pl.Trainer(
         **options,
         max_epochs=max_epochs,
         callbacks=callbacks or [],
-        logger=CSVLogger(out / "logs", name=phase),
+        logger=_logger(cfg, out, phase),
         default_root_dir=out,
     )
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's informational loggers (:data:`QUIET_LOGGERS`) at ``WARNING`` inside the block, restored after."""
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logging.WARNING, logger.level))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+@rank_zero_only
+def _say(message: str, *args: Any) -> None:
+    """``log.info`` on the process of rank zero only (DDP workers stay quiet)."""
+    log.info(message, *args)
 
 
 def _model(cfg: DictConfig, num_classes: int, num_groups: int) -> ImbalancedClassifier:
@@ -183,43 +280,6 @@ def format_loss(loss: ParametricCrossEntropy) -> str:
     return "\n".join(lines)
 
 
-def plot_results(
-    results: dict[str, dict[str, Any]], loss: ParametricCrossEntropy | None, counts: list[int], path: Path
-) -> None:
-    """Per-class test error of each model and the learned Δ, ι per class (and group) as one PNG, written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = 2 if loss is not None else 1
-    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
-    classes = list(range(len(counts)))
-    width = 0.8 / max(1, len(results))
-    for i, (name, r) in enumerate(results.items()):
-        axes[0, 0].bar([c + i * width for c in classes], [100 * e for e in r["class_errors"]], width, label=name)
-    axes[0, 0].set(xlabel="class (training count below)", ylabel="test error %", title="Per-class test error")
-    axes[0, 0].set_xticks(
-        [c + 0.4 - width / 2 for c in classes], [f"{c}\n{n}" for c, n in zip(classes, counts, strict=True)]
-    )
-    axes[0, 0].legend()
-    if loss is not None:
-        ax = axes[0, 1]
-        delta, iota = loss.delta().detach().cpu(), loss.iota().detach().cpu()
-        for g in range(loss.num_groups):  # one line per group when the loss is per (group, class)
-            suffix = f", group {g}" if loss.num_groups > 1 else ""
-            ax.plot(classes, delta[g].tolist(), "o-", label=f"Δ (logit scale){suffix}")
-            ax.plot(classes, iota[g].tolist(), "s--", label=f"ι (logit shift){suffix}")
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.set(xlabel="class", title="Learned loss parameters")
-        ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def _start_clock() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
@@ -243,9 +303,26 @@ def format_timings(timings: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _done(phase: str, clock: dict[str, float], result: dict[str, Any], extra: str = "") -> None:
+    _say(
+        "phase %s: done in %.1f s wall (%.1f s CPU)%s; test balanced error %.2f %%, worst-class %.2f %%",
+        phase, clock["wall"], clock["cpu"], extra, 100 * result["balanced_error"], 100 * result["worst_class_error"],
+    )  # fmt: skip
+
+
 def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    """Run the phases of ``cfg`` with outputs in ``out``; returns the results (also written to ``out``)."""
+    """Run the phases of ``cfg`` with outputs in ``out``; returns the results (also written to ``out``).
+
+    Progress and the report are logged (``lightning_autobalance.cli``, INFO) and Lightning's informational lines
+    silenced meanwhile (:func:`quiet_lightning`).
+    """
+    with quiet_lightning():
+        return _run(cfg, out)
+
+
+def _run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     check_config(cfg)  # phases, keys and values: fails naming the key before anything is generated or trained
+    check_logger(cfg)
     phases = list(cfg.phases)
     retrain_from = cfg.get("learned_loss")
     torch.set_num_threads(int(cfg.threads))
@@ -257,14 +334,18 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     num_classes = int(datamodule.num_classes)
     num_groups = int(getattr(datamodule, "num_groups", 1))
     counts = datamodule.class_counts.tolist()
+    _say("data: %s, %d classes, %d training samples (class counts %s)", cfg.data._target_.rsplit(".", 1)[-1],
+         num_classes, sum(counts), counts)  # fmt: skip
     results: dict[str, dict[str, Any]] = {}
     learned: ParametricCrossEntropy | None = load_loss(retrain_from) if retrain_from else None
     trainer: pl.Trainer | None = None
 
     timings: dict[str, dict[str, float]] = {}
     keep_logits = bool(cfg.get("save_logits", False))
+    search_metrics: Path | None = None  # the search phase's CSV log, for the α trajectory plot
 
     if "baseline" in phases:
+        _say("phase baseline: training with the %s loss for %d epochs", baseline_label(cfg), cfg.train.max_epochs)
         clock = _start_clock()
         pl.seed_everything(cfg.seed, workers=True)
         model = _model(cfg, num_classes, num_groups)
@@ -274,10 +355,16 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
         trainer.fit(model, datamodule=datamodule)
         timings["baseline"] = _stop_clock(clock)
         results[baseline_label(cfg)] = test_report(model, datamodule.test_dataloader(), num_classes, num_groups)
+        _done("baseline", timings["baseline"], results[baseline_label(cfg)])
         if keep_logits:
             save_logits(model, {"test": datamodule.test_dataloader()}, out / "logits_baseline.npz")
 
     if "search" in phases:
+        _say(
+            "phase search: AutoBalance for %d epochs (warm-up: %s epochs; a hyper-step every %s steps) on a %.0f %% "
+            "held-out split", cfg.search.max_epochs, cfg.autobalance.get("warmup_epochs", "default"),
+            cfg.autobalance.get("every_n_steps", "default"), 100 * cfg.search.heldout_fraction,
+        )  # fmt: skip
         clock = _start_clock()
         pl.seed_everything(cfg.seed, workers=True)
         export = out / "autobalance_loss.yaml"
@@ -297,11 +384,25 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
         )
         heldout = test_report(model, split.heldout_dataloader(), num_classes, num_groups)
         results["AutoBalance (search model)"]["heldout_balanced_error"] = heldout["balanced_error"]
+        # (with ddp_spawn the search ran in child processes: this process's callback has no count)
+        steps = (
+            f", {callback.hyper_steps} hyper-steps ({callback.skipped_steps} skipped)"
+            if callback.loss is not None
+            else ""
+        )
+        if getattr(callback, "posthoc_tau", None) is not None:
+            steps += f", post-hoc τ = {callback.posthoc_tau:.3f}"
+        _done("search", timings["search"], results["AutoBalance (search model)"], steps)
+        _say("phase search: learned loss written to %s", export)
+        if isinstance(trainer.logger, CSVLogger):
+            search_metrics = Path(trainer.logger.log_dir) / "metrics.csv"
         if keep_logits:
             loaders = {"test": datamodule.test_dataloader(), "heldout": split.heldout_dataloader()}
             save_logits(model, loaders, out / "logits_search.npz")
 
     if "retrain" in phases and learned is not None:
+        source = f"from {retrain_from}" if "search" not in phases and retrain_from else "learned by the search"
+        _say("phase retrain: a fresh model with the loss %s, frozen, for %d epochs", source, cfg.train.max_epochs)
         clock = _start_clock()
         pl.seed_everything(cfg.seed, workers=True)
         model = _model(cfg, num_classes, num_groups)
@@ -310,6 +411,7 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
         trainer.fit(model, datamodule=datamodule)
         timings["retrain"] = _stop_clock(clock)
         results["AutoBalance"] = test_report(model, datamodule.test_dataloader(), num_classes, num_groups)
+        _done("retrain", timings["retrain"], results["AutoBalance"])
         if keep_logits:
             save_logits(model, {"test": datamodule.test_dataloader()}, out / "logits_retrain.npz")
 
@@ -323,7 +425,12 @@ def run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     summary = {"class_counts": counts, "results": results, "seconds": timings}
     write_text_atomic(out / "results.json", json.dumps(summary, indent=2) + "\n")
     plot_results(results, learned, counts, out / "per_class.png")
-    print("\n" + report + f"\n\nWritten to {out}\n")
+    if search_metrics is not None:
+        try:
+            plot_alpha_trajectory(search_metrics, out / "alpha_trajectory.png")
+        except (OSError, ValueError) as exc:  # no log file, or no hyper-step logged: the report says the rest
+            log.warning("No alpha_trajectory.png: %s", exc)
+    log.info("\n%s\n\nWritten to %s\n", report, out)
     return results
 
 

@@ -56,7 +56,7 @@ _MODEL_FOR = {"sequence": "model=mnist1d_cnn", "image": "model=resnet18 (or resn
 _TRAINER_OWNED = {
     "max_epochs": "use train.max_epochs (baseline and retrain phases) and search.max_epochs (search phase)",
     "callbacks": "drop +trainer.callbacks (the search phase adds the AutoBalance callback itself)",
-    "logger": "drop +trainer.logger (every phase logs to CSV under <run dir>/logs)",
+    "logger": "drop +trainer.logger and choose the logger group: logger=csv (default) or logger=tensorboard",
     "default_root_dir": "drop +trainer.default_root_dir and set the run directory with hydra.run.dir",
 }
 

@@ -34,11 +34,12 @@ import yaml
 
 from lightning_autobalance.losses import AUGMENTATION_KINDS, HPARAM_KINDS, ParametricCrossEntropy
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "LearnedLossError", "load_loss", "loss_to_dict", "save_loss"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "LearnedLossError", "load_loss", "loss_from_dict", "loss_to_dict", "save_loss"]
 
 FORMAT = "lightning-autobalance/learned-loss"
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)  # 1: Δ, ι, ω only; 2: + personalized augmentation; 3: + prediction shift
+CHECKPOINT_KEY = "autobalance_loss"  # where AutoBalanceMixin keeps its loss's description in a module checkpoint
 
 
 class LearnedLossError(ValueError):
@@ -120,19 +121,28 @@ def _read_yaml(path: Path) -> Any:
         raise LearnedLossError(f"{path} is not valid YAML (truncated or corrupted?): {error}") from None
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    """The learned-loss description that the AutoBalance callback stores in every Lightning checkpoint."""
+def _read_checkpoint(path: Path, weights_only: bool) -> dict[str, Any]:
+    """The learned-loss description that the AutoBalance callback (or the mixin) stores in a Lightning checkpoint."""
     if not path.exists():
         raise LearnedLossError(f"No checkpoint at {path}: fix the path.")
     try:  # weights_only: plain tensors and containers, never arbitrary objects
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as error:
-        raise LearnedLossError(f"{path} could not be read as a Lightning checkpoint: {error}") from None
+        advice = (
+            " If the checkpoint holds pickled objects (e.g. save_hyperparameters of a network or an optimizer "
+            "partial) and you trust the file, load it with load_loss(path, weights_only=False), as Lightning's "
+            "load_from_checkpoint(..., weights_only=False)."
+            if weights_only
+            else ""
+        )
+        raise LearnedLossError(f"{path} could not be read as a Lightning checkpoint: {error}{advice}") from None
     states = [
         state["loss_file"]
         for key, state in (checkpoint.get("callbacks") or {}).items()
         if str(key).startswith("AutoBalance") and isinstance(state, dict) and "loss_file" in state
     ]
+    if not states and isinstance(checkpoint.get(CHECKPOINT_KEY), dict):
+        return checkpoint[CHECKPOINT_KEY]  # a model trained with a (learned) loss but no callback: the mixin's copy
     if len(states) != 1:
         found = "no AutoBalance state" if not states else f"{len(states)} AutoBalance callbacks"
         raise LearnedLossError(
@@ -148,6 +158,7 @@ def load_loss(
     num_groups: int | None = None,
     *,
     learnable: tuple[str, ...] = (),
+    weights_only: bool = True,
 ) -> ParametricCrossEntropy:
     """Read a learned loss written by :func:`save_loss`, or the one held by a checkpoint of an AutoBalance search.
 
@@ -163,6 +174,8 @@ def load_loss(
         num_classes: the number of classes K of the model the loss is for; a file for another K is rejected.
         num_groups: the number of groups G of the data the loss is for; a file for another G is rejected.
         learnable: kinds to make learnable again; by default the loss is frozen (for the retrain phase).
+        weights_only: read a checkpoint with ``torch.load(weights_only=True)`` (default: plain tensors and containers
+            only). Pass False for a trusted checkpoint that pickles objects in its hyperparameters.
 
     Returns:
         The loss, equal bit for bit to the one saved.
@@ -171,11 +184,30 @@ def load_loss(
         LearnedLossError: the file is missing, is not valid YAML, is of another format or version, its entries
             do not fit together, or its shape differs from ``num_classes`` / ``num_groups``.
     """
+    path = Path(path)
+    data = _read_checkpoint(path, weights_only) if path.suffix == ".ckpt" else _read_yaml(path)
+    return loss_from_dict(data, path, num_classes, num_groups, learnable=learnable)
+
+
+def loss_from_dict(
+    data: Any,
+    source: str | os.PathLike[str] = "learned loss",
+    num_classes: int | None = None,
+    num_groups: int | None = None,
+    *,
+    learnable: tuple[str, ...] = (),
+) -> ParametricCrossEntropy:
+    """Build the loss that :func:`loss_to_dict` described (``source`` names the data in error messages).
+
+    Example:
+        >>> loss_fn = ParametricCrossEntropy.from_preset("la", [90, 10])
+        >>> torch.equal(loss_from_dict(loss_to_dict(loss_fn)).iota(), loss_fn.iota())
+        True
+    """
     for name, value in (("num_classes", num_classes), ("num_groups", num_groups)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
-    path = Path(path)
-    data = _read_checkpoint(path) if path.suffix == ".ckpt" else _read_yaml(path)
+    path = source
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise LearnedLossError(f"{path} is not a lightning-autobalance learned-loss file (expected format: {FORMAT}).")
     version = data.get("version")

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from torchmetrics import MetricCollection
 
 from lightning_autobalance import metrics as M
+from lightning_autobalance.learned_loss import CHECKPOINT_KEY, loss_from_dict, loss_to_dict
 from lightning_autobalance.losses import ParametricCrossEntropy
 
 __all__ = ["AutoBalanceMixin", "PlainCrossEntropy"]
@@ -202,6 +203,24 @@ class AutoBalanceMixin:
             return super().test_step(batch, batch_idx, *args, **kwargs)  # type: ignore[misc]
         self.autobalance_evaluate("test", batch)
         return None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the loss in the module's checkpoints (it lives outside the module tree, so outside its state dict).
+
+        A model retrained with a learned loss, or with a post-hoc prediction shift, predicts with it again after
+        ``load_from_checkpoint``; :func:`~lightning_autobalance.load_loss` also reads it from such a checkpoint.
+        """
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        loss = self.__dict__.get(_LOSS_ATTRIBUTE)
+        if isinstance(loss, ParametricCrossEntropy):
+            checkpoint[CHECKPOINT_KEY] = loss_to_dict(loss)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Install the checkpoint's loss, frozen, unless a loss is already installed (e.g. by the callback)."""
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        data = checkpoint.get(CHECKPOINT_KEY)
+        if data is not None and not self.has_autobalance_loss:
+            self.autobalance_loss = loss_from_dict(data, "the checkpoint's autobalance_loss")
 
     def on_train_epoch_start(self) -> None:
         """Tell an epoch-scheduled loss (e.g. LDAM with deferred re-weighting) which epoch starts."""

@@ -22,7 +22,8 @@ def compose_config(overrides, tmp_path):
 
 
 @pytest.mark.slow
-def test_search_retrain_test_writes_table_loss_and_plot(tmp_path, capsys):
+def test_search_retrain_test_writes_table_loss_and_plot(tmp_path, caplog):
+    caplog.set_level("INFO", logger="lightning_autobalance.cli")  # the report is logged (Hydra: console and cli.log)
     cfg = compose_config([], tmp_path)
     results = run(cfg, tmp_path / "out")
     assert set(results) == {"CE", "AutoBalance (search model)", "AutoBalance"}
@@ -41,7 +42,7 @@ def test_search_retrain_test_writes_table_loss_and_plot(tmp_path, capsys):
     assert all(t["wall"] > 0 and t["cpu"] > 0 for t in written["seconds"].values())
     assert "| search |" in report
     assert (out / "per_class.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "balanced error %" in capsys.readouterr().out
+    assert "balanced error %" in caplog.text
 
 
 def test_bad_phases_fail_early(tmp_path):

@@ -244,7 +244,7 @@ def test_dataset_labels_rejects_float_labels_instead_of_truncating():
             "+trainer.max_epochs=3",
             r"trainer\.max_epochs=3: the app sets .*: use train\.max_epochs .* search\.max_epochs",
         ),
-        ("+trainer.logger=false", r"trainer\.logger=False: .*drop \+trainer\.logger \(every phase logs to CSV"),
+        ("+trainer.logger=false", r"trainer\.logger=False: .*drop \+trainer\.logger and choose the logger group"),
         ("+trainer.callbacks=[]", r"trainer\.callbacks=\[\]: .*drop \+trainer\.callbacks"),
         ("+trainer.max_epoch=3", r"trainer\.max_epoch is not an argument of lightning\.pytorch\.Trainer"),
     ],

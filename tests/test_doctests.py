@@ -19,6 +19,7 @@ MODULES = [
     "lightning_autobalance.callback",
     "lightning_autobalance.launch",
     "lightning_autobalance.cli_checks",
+    "lightning_autobalance.plots",
     "lightning_autobalance.data.profiles",
     "lightning_autobalance.data.labels",
     "lightning_autobalance.data.split",

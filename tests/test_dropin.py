@@ -240,3 +240,39 @@ def test_a_compiled_network_runs_with_the_default_engine_and_is_refused_by_the_f
         warnings.simplefilter("ignore")  # the fall-back warning that comes first
         make_trainer(tmp_path, [callback(tmp_path)], max_epochs=2).fit(model, datamodule=HeldOutSplit(TinyData()))
     assert model.global_step == 0
+
+
+def test_a_retrained_models_checkpoint_keeps_its_learned_loss_and_prediction_shift(tmp_path):
+    learned = ParametricCrossEntropy(K, iota=[0.5, 0.0, -0.5])
+    learned.set_prediction_shift([[0.0, 0.25, 0.5]])  # e.g. a post-hoc adjustment fitted by the search
+    model = Balanced()
+    model.autobalance_loss = learned
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    make_trainer(tmp_path, [checkpoint], max_epochs=1, enable_checkpointing=True).fit(
+        model, train_dataloaders=TinyData().train_dataloader()
+    )
+    restored = Balanced.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt")
+    assert torch.equal(restored.autobalance_loss.iota(), learned.iota())
+    assert torch.equal(restored.autobalance_loss.prediction_shift, learned.prediction_shift)
+    assert torch.equal(load_loss(tmp_path / "ckpt" / "last.ckpt").iota(), learned.iota())
+
+
+def test_a_checkpoint_that_pickles_objects_needs_the_same_opt_in_as_lightning(tmp_path):
+    class WithPickledHyperparameters(Balanced):
+        def __init__(self, optimizer=None):
+            super().__init__()
+            self.save_hyperparameters()  # a functools.partial: not loadable with weights_only=True
+
+    from functools import partial
+
+    model = WithPickledHyperparameters(partial(torch.optim.SGD, lr=0.1))
+    model.autobalance_loss = ParametricCrossEntropy(K, iota=[0.5, 0.0, -0.5])
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    make_trainer(tmp_path, [checkpoint], max_epochs=1, enable_checkpointing=True).fit(
+        model, train_dataloaders=TinyData().train_dataloader()
+    )
+    with pytest.raises(ValueError, match=r"load_loss\(path, weights_only=False\)"):
+        load_loss(tmp_path / "ckpt" / "last.ckpt")
+    assert torch.equal(
+        load_loss(tmp_path / "ckpt" / "last.ckpt", weights_only=False).iota(), model.autobalance_loss.iota()
+    )
