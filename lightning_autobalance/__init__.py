@@ -9,6 +9,8 @@ The public API: :class:`AutoBalanceMixin` and :class:`AutoBalance` (the Lightnin
 from lightning_autobalance.baselines import BASELINES, FocalLoss, LDAMLoss, make_baseline
 from lightning_autobalance.callback import AutoBalance
 from lightning_autobalance.data import HeldOutSplit, MNIST1DLongTail, long_tail_counts
+from lightning_autobalance.group_dro import GroupDRO, GroupDROLoss
+from lightning_autobalance.group_last_layer import afr_head, dfr_head
 from lightning_autobalance.hypergrad import ConjugateGradient, Neumann, hypergradient
 from lightning_autobalance.last_layer import LastLayerRetraining, extract_features, retrain_last_layer
 from lightning_autobalance.learned_loss import LearnedLossError, load_loss, save_loss
@@ -35,6 +37,8 @@ __all__ = [
     "EqualOpportunityGap",
     "EqualizedOddsGap",
     "FocalLoss",
+    "GroupDRO",
+    "GroupDROLoss",
     "HeldOutSplit",
     "LDAMLoss",
     "LastLayerRetraining",
@@ -47,6 +51,8 @@ __all__ = [
     "WorstGroup",
     "WorstGroupAccuracy",
     "adjust_logits",
+    "afr_head",
+    "dfr_head",
     "extract_features",
     "fit_logit_adjustment",
     "hypergradient",

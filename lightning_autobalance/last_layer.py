@@ -47,6 +47,7 @@ from lightning.pytorch.utilities import move_data_to_device, rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import Dataset, IterableDataset
 
+from lightning_autobalance.group_last_layer import GROUP_MODES, afr_head, dfr_head
 from lightning_autobalance.llr import (
     DEFAULT_MAX_WEIGHT,
     MODES,
@@ -414,8 +415,8 @@ def extract_features(
 # Retraining
 # ----------------------------------------------------------------------------------------------------------------
 def _check_options(mode: str, loss: str, ridge: float, variance: float, max_weight: float) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    if mode not in MODES + GROUP_MODES:
+        raise ValueError(f"mode must be one of {MODES + GROUP_MODES}, got {mode!r}.")
     if loss not in ("square", "ce"):
         raise ValueError(f"loss must be 'square' (the paper's, closed form) or 'ce', got {loss!r}.")
     if not (math.isfinite(float(ridge)) and float(ridge) >= 0):
@@ -516,6 +517,7 @@ def retrain_last_layer(
     delta: float | None = None,
     max_weight: float = DEFAULT_MAX_WEIGHT,
     bilevel: Mapping[str, Any] | None = None,
+    group_head: Mapping[str, Any] | None = None,
     seed: int = 0,
     feature_fn: FeatureFn | None = None,
     head: nn.Linear | str | None = None,
@@ -545,7 +547,10 @@ def retrain_last_layer(
     Args:
         module: the trained model (its backbone is not modified).
         data: the retraining set: an iterable of ``(x, y)`` / ``(x, y, g)`` batches, or :class:`RetrainingFeatures`.
-        mode: ``"none"``, ``"priors"``, ``"thumb"`` (default), ``"downsample"`` or ``"bilevel"``.
+        mode: ``"none"``, ``"priors"``, ``"thumb"`` (default), ``"downsample"`` or ``"bilevel"``; or the group
+            robustness baselines ``"dfr"`` / ``"afr"`` (:func:`~lightning_autobalance.group_last_layer.dfr_head` /
+            :func:`~lightning_autobalance.group_last_layer.afr_head`, which fit the logistic head themselves: ``loss``
+            and ``ridge`` do not apply; AFR starts from and is pulled towards the module's current head).
         loss: ``"square"`` (default) or ``"ce"``.
         ridge: L2 penalty of the head's weights (losses are sums over samples); needed when ``n ≤ d``, e.g. with
             ``downsample`` on a long-tailed set.
@@ -555,7 +560,10 @@ def retrain_last_layer(
         bilevel: keyword arguments of :func:`~lightning_autobalance.llr.bilevel_weights` (``per``, ``objective``,
             ``val_loss``, ``val_fraction``, ``steps``, ``lr``, ``temperature``, ``init``); ``ridge`` and
             ``fit_intercept`` default to those of the final fit.
-        seed: seed of ``downsample`` and of the ``bilevel`` split.
+        group_head: keyword arguments of ``dfr_head`` / ``afr_head`` (e.g. ``C_grid``, ``num_subsamples``,
+            ``gamma_grid``, ``l2``, ``selection_metric``); their metrics ``{prefix}/{mode}/<param>`` (the chosen
+            hyperparameters) and ``{prefix}/{mode}/selection_score`` are added to the report.
+        seed: seed of ``downsample``, of the ``bilevel`` split and of ``dfr`` / ``afr``.
         feature_fn: ``x -> (B, d)`` features (see the module docstring).
         head: the last layer, an :class:`torch.nn.Linear` submodule or its dotted path, e.g. ``"net.head"``.
         num_classes: expected number of classes (default ``module.hparams.num_classes`` if present); must equal the
@@ -628,32 +636,37 @@ def retrain_last_layer(
     d_eff = effective_dimension(train.features, variance)
     used_delta = d_eff / n if delta is None else float(delta)
     fit_intercept = layer.bias is not None
-    bilevel_kwargs = dict(bilevel or {})
-    bilevel_kwargs.setdefault("ridge", ridge)
-    bilevel_kwargs.setdefault("fit_intercept", fit_intercept)
-    weights = class_weights_for_mode(
-        mode,  # type: ignore[arg-type]
-        train.targets,
-        train.features,
-        train.groups,
-        num_classes=k,
-        variance=variance,
-        delta=used_delta,
-        max_weight=max_weight,
-        seed=seed,
-        bilevel_kwargs=bilevel_kwargs,
-    )
-    new_head = fit_last_layer(
-        train.features,
-        train.targets,
-        train.groups,
-        weights,
-        loss=loss,
-        ridge=ridge,
-        num_classes=k,
-        fit_intercept=fit_intercept,
-        max_iter=max_iter,
-    )
+    group_metrics: dict[str, float] = {}
+    if mode in GROUP_MODES:
+        new_head, weights, group_metrics = _fit_group_head(mode, train, layer, k, seed, group_head, prefix)
+        loss = "ce"  # both baselines fit a logistic (cross-entropy) head
+    else:
+        bilevel_kwargs = dict(bilevel or {})
+        bilevel_kwargs.setdefault("ridge", ridge)
+        bilevel_kwargs.setdefault("fit_intercept", fit_intercept)
+        weights = class_weights_for_mode(
+            mode,  # type: ignore[arg-type]
+            train.targets,
+            train.features,
+            train.groups,
+            num_classes=k,
+            variance=variance,
+            delta=used_delta,
+            max_weight=max_weight,
+            seed=seed,
+            bilevel_kwargs=bilevel_kwargs,
+        )
+        new_head = fit_last_layer(
+            train.features,
+            train.targets,
+            train.groups,
+            weights,
+            loss=loss,
+            ridge=ridge,
+            num_classes=k,
+            fit_intercept=fit_intercept,
+            max_iter=max_iter,
+        )
     old_head = _current_head(layer)
 
     groups_seen = [s.groups for s in (train, evaluation) if s is not None and s.groups is not None]
@@ -662,6 +675,7 @@ def retrain_last_layer(
         f"{prefix}/num_samples": float(n),
         f"{prefix}/effective_dimension": float(d_eff),
         f"{prefix}/delta": float(used_delta),
+        **group_metrics,
     }
     per_class: dict[str, Tensor] = {}
     for split, split_data in (("retrain", train), ("eval", evaluation)):
@@ -688,6 +702,41 @@ def retrain_last_layer(
     if log:
         _log(module, report)
     return report
+
+
+def _fit_group_head(
+    mode: str,
+    train: RetrainingFeatures,
+    layer: nn.Linear,
+    k: int,
+    seed: int,
+    options: Mapping[str, Any] | None,
+    prefix: str,
+) -> tuple[LinearHead, Tensor, dict[str, float]]:
+    """The DFR / AFR head of the retraining set, its per-sample weights, and the chosen hyperparameters as metrics."""
+    kwargs = dict(options or {})
+    kwargs.setdefault("seed", seed)
+    x = train.features.to(torch.float64)
+    if mode == "dfr":
+        if layer.bias is None:
+            raise ValueError("mode='dfr' needs a head with a bias (it standardises the features); use mode='afr'.")
+        weight, bias, report = dfr_head(x, train.targets, train.groups, num_classes=k, **kwargs)
+    else:
+        kwargs.setdefault("fit_intercept", layer.bias is not None)
+        weight, bias, report = afr_head(
+            x,
+            train.targets,
+            None,
+            train.groups,
+            init_weight=layer.weight.detach().to("cpu", torch.float64),
+            init_bias=None if layer.bias is None else layer.bias.detach().to("cpu", torch.float64),
+            **kwargs,
+        )
+    metrics = {f"{prefix}/{mode}/{name}": float(value) for name, value in report.params.items()}
+    if report.scores:
+        metrics[f"{prefix}/{mode}/selection_score"] = max(score for _, score in report.scores)
+    assert report.sample_weights is not None
+    return LinearHead(weight.float(), bias.float()), report.sample_weights, metrics
 
 
 def _log(module: nn.Module, report: LastLayerReport) -> None:
@@ -717,13 +766,16 @@ class LastLayerRetraining(Callback):
             loader: ``"heldout"`` (default; :meth:`HeldOutSplit.heldout_dataloader`), ``"val"``, ``"test"`` or
             ``"train"``. Retraining on the data the backbone was trained on defeats the purpose of LLR.
         eval_dataloader: optional evaluation loader or loader name, e.g. ``"val"``, for the report.
-        mode: weight mode: ``"none"``, ``"priors"``, ``"thumb"`` (default), ``"downsample"``, ``"bilevel"``.
+        mode: weight mode: ``"none"``, ``"priors"``, ``"thumb"`` (default), ``"downsample"``, ``"bilevel"``, or the
+            baselines ``"dfr"`` / ``"afr"`` (see :func:`retrain_last_layer`).
         loss: ``"square"`` (default) or ``"ce"``.
         ridge: L2 penalty of the head.
         variance: variance fraction of ``d_eff`` (``thumb``).
         delta: explicit ``δ`` for ``thumb``.
         max_weight: cap of the ``thumb`` weight ratio.
         bilevel: options of :func:`~lightning_autobalance.llr.bilevel_weights`.
+        group_head: options of :func:`~lightning_autobalance.group_last_layer.dfr_head` /
+            :func:`~lightning_autobalance.group_last_layer.afr_head` (modes ``dfr`` / ``afr``).
         seed: seed of ``downsample`` / ``bilevel``.
         feature_fn: ``x -> (B, d)`` features (default: the module's ``autobalance_features`` or a forward hook).
         head: the last layer or its dotted path (default: the module's ``autobalance_head()``).
@@ -750,6 +802,7 @@ class LastLayerRetraining(Callback):
         delta: float | None = None,
         max_weight: float = DEFAULT_MAX_WEIGHT,
         bilevel: Mapping[str, Any] | None = None,
+        group_head: Mapping[str, Any] | None = None,
         seed: int = 0,
         feature_fn: FeatureFn | None = None,
         head: nn.Linear | str | None = None,
@@ -767,6 +820,7 @@ class LastLayerRetraining(Callback):
         self.dataloader, self.eval_dataloader = dataloader, eval_dataloader
         self.mode, self.loss, self.ridge, self.variance, self.delta = mode, loss, ridge, variance, delta
         self.max_weight, self.bilevel, self.seed = max_weight, dict(bilevel or {}), seed
+        self.group_head = dict(group_head or {})
         self.feature_fn, self.head, self.use_groups = feature_fn, head, use_groups
         self.run_on_train_end, self.prefix = run_on_train_end, prefix
         self.report: LastLayerReport | None = None
@@ -813,6 +867,7 @@ class LastLayerRetraining(Callback):
             delta=self.delta,
             max_weight=self.max_weight,
             bilevel=self.bilevel,
+            group_head=self.group_head,
             seed=self.seed,
             feature_fn=self.feature_fn,
             head=self.head,

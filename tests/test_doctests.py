@@ -8,6 +8,8 @@ import pytest
 MODULES = [
     "lightning_autobalance.losses",
     "lightning_autobalance.baselines",
+    "lightning_autobalance.group_dro",
+    "lightning_autobalance.group_last_layer",
     "lightning_autobalance.last_layer",
     "lightning_autobalance.hypergrad",
     "lightning_autobalance.learned_loss",

@@ -1,0 +1,115 @@
+"""A small Group DRO fit, launched by tests/test_group_dro.py on 1 process (batch 32) or 2 DDP processes (2 × 16).
+
+The training data is in a fixed (pre-shuffled) order and the loader does not shuffle; under DDP rank r takes the
+samples r, r + 2, ..., so every global batch of 32 holds the same samples in both runs.
+One (group, class) cell is rare (8 of 256 samples), so it is absent from many batches and, under DDP, often present
+on one rank only. Every process writes ``rank{r}.json`` into ``--out``: ``q`` and the loss value after every step,
+the final ``q`` and the final weights.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from lightning_autobalance import AutoBalanceMixin, GroupDRO
+
+CELLS = {(0, 0): 112, (0, 1): 24, (1, 0): 8, (1, 1): 112}  # (group, class): samples; 256 = 8 global batches of 32
+
+
+class Data(pl.LightningDataModule):
+    def __init__(self, batch_size):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        g = torch.cat([torch.full((n,), group) for (group, _), n in CELLS.items()])
+        y = torch.cat([torch.full((n,), label) for (_, label), n in CELLS.items()])
+        x = torch.randn(len(y), 6, generator=gen) + 0.8 * torch.stack([y, g, y - g, y, g, 1 - y], 1).float()
+        order = torch.randperm(len(y), generator=gen)
+        self.train = TensorDataset(x[order], y[order], g[order])
+        self.batch_size = batch_size
+
+    def train_dataloader(self):
+        # rank r of W takes samples r, r + W, ... (Lightning's own distributed sampler would shuffle them)
+        distributed = dist.is_available() and dist.is_initialized()
+        sampler = DistributedSampler(self.train, shuffle=False) if distributed else None
+        return DataLoader(self.train, batch_size=self.batch_size, sampler=sampler, drop_last=True)
+
+
+class Model(AutoBalanceMixin, pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 2))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        loss = self.autobalance_step_loss(batch)
+        self.losses.append(float(loss.detach()))
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.2, momentum=0.9)
+
+
+class History(Callback):
+    def __init__(self, group_dro):
+        self.group_dro, self.steps = group_dro, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps.append(self.group_dro.loss.q.tolist())
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--strategy", default="auto")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    pl.seed_everything(0, verbose=False)
+    group_dro = GroupDRO(step_size=0.5, adjustment=1.0)
+    history = History(group_dro)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=args.devices,
+        strategy=args.strategy,
+        max_epochs=args.epochs,
+        callbacks=[group_dro, history],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=args.out,
+        use_distributed_sampler=False,  # the datamodule shards the data itself, in order
+    )
+    model = Model()
+    model.losses = []
+    trainer.fit(model, datamodule=Data(args.batch_size))
+    record = {
+        "world_size": trainer.world_size,
+        "rank": trainer.global_rank,
+        "updates": int(group_dro.loss.num_updates),
+        "history": history.steps,
+        "losses": model.losses,
+        "q": group_dro.loss.q.tolist(),
+        "weights": [float(v) for p in model.parameters() for v in p.detach().flatten()],
+    }
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+    # leave together and close the gloo connections before the interpreter exits (see ddp_search.py)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
