@@ -69,7 +69,13 @@ METHODS: dict[str, tuple[str, ...]] = {
     "frozen_cdt_g-0.1": (*FROZEN, "autobalance.preset=cdt", "autobalance.gamma=-0.1"),
     "ab_la": (*SEARCH, "autobalance.preset=la"),
     "ab_ce": (*SEARCH, "autobalance.preset=ce"),
+    # the engine study: the same search from LA with the full-network engine, and the reference procedure next to the
+    # default engine at the reference's schedule (ab_la_fast), so the two differ by the engine only
+    "ab_la_full": (*SEARCH, "autobalance.preset=la", "autobalance.engine=full", "autobalance.solver=null"),
+    "ab_la_fast": (*SEARCH, "autobalance=fast", "autobalance.preset=la"),
+    "ab_la_reference": (*SEARCH, "autobalance=reference", "autobalance.preset=la"),
 }
+ENGINE_ROWS = ("ab_la", "ab_la_full", "ab_la_fast", "ab_la_reference")
 # direction retrains: (name, s, kinds moved)
 DIRECTIONS = (
     ("dir_s2.0_delta+iota", 2.0, ("delta", "iota")),
@@ -82,6 +88,44 @@ DIRECTIONS = (
 def job(method: str, seed: int, extra: Sequence[str] = ()) -> Job:
     overrides = (*paper_scale_overrides("exponential", seed, seed), *METHODS.get(method, ()), *extra)
     return Job(f"exp/{method}/d{seed}", overrides)
+
+
+def search_move(work: Path, method: str, seed: int):
+    """The move α_learned − α_LA of a search from LA (Δ and ι of group 0, concatenated), or None if not run yet."""
+    import numpy as np
+    import yaml
+
+    run = work / f"exp/{method}/d{seed}"
+    if not (run / "autobalance_loss.yaml").exists():
+        return None
+    counts = np.array(json.loads((run / "results.json").read_text())["class_counts"], float)
+    train = counts - np.maximum(1, np.round(0.2 * counts))  # the search's train split (HeldOutSplit's rounding)
+    values = yaml.safe_load((run / "autobalance_loss.yaml").read_text())["values"]
+    delta, iota = np.array(values["delta"][0]), np.array(values["iota"][0])
+    return np.concatenate([delta - 1.0, iota - np.log(train / train.sum())])
+
+
+def engine_agreement(work: Path, seeds: Sequence[int]) -> str:
+    """How far each engine's search moved from LA, and the cosine between the moves of two engines on the same seed."""
+    import numpy as np
+
+    moves = {m: {s: v for s in seeds if (v := search_move(work, m, s)) is not None} for m in ENGINE_ROWS}
+    lines = ["| search from LA | seeds | ‖α − α_LA‖ (mean) |", "|---|---:|---:|"]
+    lines += [
+        f"| {m} | {len(v)} | {np.mean([np.linalg.norm(x) for x in v.values()]):.3f} |" for m, v in moves.items() if v
+    ]
+    pairs = (("ab_la", "ab_la_full"), ("ab_la", "ab_la_fast"), ("ab_la_fast", "ab_la_reference"))
+    lines += ["", "| engines | seeds | cosine of the two moves (mean, min … max) |", "|---|---:|---:|"]
+    for a, b in pairs:
+        common = sorted(set(moves[a]) & set(moves[b]))
+        if not common:
+            continue
+        cos = [
+            float(moves[a][s] @ moves[b][s] / (np.linalg.norm(moves[a][s]) * np.linalg.norm(moves[b][s])))
+            for s in common
+        ]
+        lines.append(f"| {a} vs {b} | {len(common)} | {np.mean(cos):+.2f} ({min(cos):+.2f} … {max(cos):+.2f}) |")
+    return "\n".join(lines)
 
 
 def direction_loss_file(work: Path, seed: int, s: float, kinds: Sequence[str]) -> Path:
@@ -162,9 +206,9 @@ def posthoc_rows(run: Path) -> dict[str, float]:
     }
 
 
-def collect(work: Path, seeds: Sequence[int]) -> dict[str, dict[int, dict[str, float]]]:
+def collect(work: Path, seeds: Sequence[int], rows: Sequence[str]) -> dict[str, dict[int, dict[str, float]]]:
     table: dict[str, dict[int, dict[str, float]]] = {}
-    names = [*METHODS, *(name for name, _, _ in DIRECTIONS)]
+    names = [*rows, *(name for name, _, _ in DIRECTIONS if len(rows) == len(METHODS))]
     for name in names:
         for seed in seeds:
             record = job_outputs(work, Job(f"exp/{name}/d{seed}", ()))
@@ -220,16 +264,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--report-only", action="store_true", help="write the report from the jobs done so far")
+    parser.add_argument("--rows", default=None, help="run and report only these rows (comma-separated)")
+    parser.add_argument("--report", default="diagnosis.md", help="file name of the report in --results")
     args = parser.parse_args(argv)
+    rows = list(METHODS) if args.rows is None else args.rows.split(",")
+    unknown = sorted(set(rows) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"--rows: unknown rows {unknown}; choose from {', '.join(METHODS)}.")
     seeds = [int(s) for s in args.seeds.split(",") if s]
     if set(seeds) & {0}:
         raise SystemExit("Data seed 0 is the benchmark's: the diagnosis runs on development data seeds ≥ 1 only.")
     run = (lambda jobs: []) if args.report_only else (lambda jobs: run_jobs(jobs, args.work, processes=args.processes))
-    failed = run([job(m, s) for s in seeds for m in METHODS])
+    failed = run([job(m, s) for s in seeds for m in rows])
     directions = [
         job(name, s, ("phases=[retrain]", f"learned_loss={direction_loss_file(args.work, s, step, kinds)}"))
         for s in seeds
-        if job_outputs(args.work, job("ab_la", s)) is not None and not args.report_only
+        if args.rows is None and job_outputs(args.work, job("ab_la", s)) is not None and not args.report_only
         for name, step, kinds in DIRECTIONS
     ]
     failed += run(directions)
@@ -241,10 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{', '.join(map(str, seeds))} (training seed = data seed), 2000 test sequences per class; balanced test "
         "error of the final (retrained) model unless the row says otherwise; a row with fewer seeds is not complete "
         "yet (the same command runs the rest). Reading: `diagnosis_notes.md`.\n\n"
-        + format_table(collect(args.work, seeds))
+        + format_table(collect(args.work, seeds, rows))
+        + "\n\n"
+        + engine_agreement(args.work, seeds)
         + "\n"
     )
-    write_text_atomic(args.results / "diagnosis.md", report)
+    write_text_atomic(args.results / args.report, report)
     print(report)
     return 1 if failed else 0
 
