@@ -19,7 +19,6 @@ reports: the machine is shared and absolute seconds move with its load.
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import sys
 import tempfile
@@ -65,7 +64,8 @@ def fit_seconds(arm: str, epochs: int, n_max: int, warmup: int) -> tuple[float, 
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-fit banner between the rows
+    from lightning_autobalance.cli import quiet_lightning
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--steady-epochs", type=int, default=5, help="epochs of the warm-up-free (steady) runs")
@@ -81,23 +81,24 @@ def main(argv: list[str] | None = None) -> int:
         f"# search_cost.py: MNIST-1D-LT n_max={args.n_max}, batch 64, 1 thread, arms interleaved, "
         f"{args.repeats} repeats"
     )
-    for label, (epochs, warmup) in settings.items():
-        times: dict[str, list[tuple[float, float]]] = {"plain": [], "search": []}
-        steps = 0
-        for _ in range(args.repeats):
-            for arm in ("plain", "search"):
-                wall, cpu, hyper = fit_seconds(arm, epochs, args.n_max, warmup)
-                times[arm].append((wall, cpu))
-                steps = max(steps, hyper)
-        plain_wall = statistics.mean(w for w, _ in times["plain"])
-        plain_cpu = statistics.mean(c for _, c in times["plain"])
-        search_wall = statistics.mean(w for w, _ in times["search"])
-        search_cpu = statistics.mean(c for _, c in times["search"])
-        print(f"\n## {label}: {epochs} epochs, warm-up {warmup}, {steps} hyper-steps")
-        print("arm      wall s   CPU s")
-        print(f"plain   {plain_wall:7.1f} {plain_cpu:7.1f}")
-        print(f"search  {search_wall:7.1f} {search_cpu:7.1f}")
-        print(f"ratio search / plain: wall {search_wall / plain_wall:.2f}, CPU {search_cpu / plain_cpu:.2f}")
+    with quiet_lightning():  # no per-fit banner between the rows
+        for label, (epochs, warmup) in settings.items():
+            times: dict[str, list[tuple[float, float]]] = {"plain": [], "search": []}
+            steps = 0
+            for _ in range(args.repeats):
+                for arm in ("plain", "search"):
+                    wall, cpu, hyper = fit_seconds(arm, epochs, args.n_max, warmup)
+                    times[arm].append((wall, cpu))
+                    steps = max(steps, hyper)
+            plain_wall = statistics.mean(w for w, _ in times["plain"])
+            plain_cpu = statistics.mean(c for _, c in times["plain"])
+            search_wall = statistics.mean(w for w, _ in times["search"])
+            search_cpu = statistics.mean(c for _, c in times["search"])
+            print(f"\n## {label}: {epochs} epochs, warm-up {warmup}, {steps} hyper-steps")
+            print("arm      wall s   CPU s")
+            print(f"plain   {plain_wall:7.1f} {plain_cpu:7.1f}")
+            print(f"search  {search_wall:7.1f} {search_cpu:7.1f}")
+            print(f"ratio search / plain: wall {search_wall / plain_wall:.2f}, CPU {search_cpu / plain_cpu:.2f}")
     return 0
 
 

@@ -8,10 +8,11 @@ The public API: :class:`AutoBalanceMixin` and :class:`AutoBalance` (the Lightnin
 
 from lightning_autobalance.baselines import BASELINES, FocalLoss, LDAMLoss, make_baseline
 from lightning_autobalance.callback import AutoBalance
-from lightning_autobalance.data import HeldOutSplit, MNIST1DLongTail, long_tail_counts
+from lightning_autobalance.data import GroupBalancedSubsample, HeldOutSplit, MNIST1DLongTail, Upsample, long_tail_counts
 from lightning_autobalance.group_dro import GroupDRO, GroupDROLoss
 from lightning_autobalance.group_last_layer import afr_head, dfr_head
 from lightning_autobalance.hypergrad import ConjugateGradient, Neumann, hypergradient
+from lightning_autobalance.jtt import JTTReport, error_set, jtt
 from lightning_autobalance.last_layer import LastLayerRetraining, extract_features, retrain_last_layer
 from lightning_autobalance.learned_loss import LearnedLossError, load_loss, save_loss
 from lightning_autobalance.losses import PRESETS, ParametricCrossEntropy, make_loss, preset_values
@@ -37,9 +38,11 @@ __all__ = [
     "EqualOpportunityGap",
     "EqualizedOddsGap",
     "FocalLoss",
+    "GroupBalancedSubsample",
     "GroupDRO",
     "GroupDROLoss",
     "HeldOutSplit",
+    "JTTReport",
     "LDAMLoss",
     "LastLayerRetraining",
     "LearnedLossError",
@@ -47,15 +50,18 @@ __all__ = [
     "MeanGroupAccuracy",
     "Neumann",
     "ParametricCrossEntropy",
+    "Upsample",
     "WeightedAverageAccuracy",
     "WorstGroup",
     "WorstGroupAccuracy",
     "adjust_logits",
     "afr_head",
     "dfr_head",
+    "error_set",
     "extract_features",
     "fit_logit_adjustment",
     "hypergradient",
+    "jtt",
     "load_loss",
     "long_tail_counts",
     "make_baseline",

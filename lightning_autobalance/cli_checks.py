@@ -38,6 +38,7 @@ INPUT_KINDS: dict[str, str] = {
     "lightning_autobalance.models.ImageResNet": "image",
     "lightning_autobalance.models.CIFARResNet": "image",
     "lightning_autobalance.models.resnet32": "image",
+    "lightning_autobalance.models.DigitsConvNet": "image",
     "lightning_autobalance.data.MNIST1DLongTail": "sequence",
     "lightning_autobalance.data.mnist1d_lt.MNIST1DLongTail": "sequence",
     "lightning_autobalance.data.SpuriousMNIST1D": "sequence",
@@ -48,6 +49,8 @@ INPUT_KINDS: dict[str, str] = {
     "lightning_autobalance.data.cifar_lt.CIFAR100LongTail": "image",
     "lightning_autobalance.data.waterbirds.Waterbirds": "image",
     "lightning_autobalance.data.celeba.CelebA": "image",
+    "lightning_autobalance.data.SpuriousDigits": "image",
+    "lightning_autobalance.data.spurious_digits.SpuriousDigits": "image",
 }
 _INPUT_SHAPES = {"sequence": "sequences (B, 1, length)", "image": "images (B, 3, H, W)"}
 _MODEL_FOR = {"sequence": "model=mnist1d_cnn", "image": "model=resnet18 (or resnet50)"}

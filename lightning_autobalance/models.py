@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["BodyHeadNetwork", "CIFARResNet", "ImageResNet", "MNIST1DConvNet", "resnet32"]
+__all__ = ["BodyHeadNetwork", "CIFARResNet", "DigitsConvNet", "ImageResNet", "MNIST1DConvNet", "resnet32"]
 
 
 class BodyHeadNetwork(nn.Module):
@@ -62,6 +62,42 @@ class MNIST1DConvNet(BodyHeadNetwork):
             nn.Flatten(),
         )
         self.head = nn.Linear(channels * ((length + 3) // 4), num_classes)
+
+
+class DigitsConvNet(BodyHeadNetwork):
+    """A small 2-D CNN for 8×8 images (the spurious digits, inputs (B, 3, 8, 8)): three conv + BatchNorm + ReLU blocks.
+
+    Two 3×3 convolutions at full resolution, one with stride 2, then an adaptive average pooling to 2×2 (so any image
+    of at least 2×2 pixels runs) and a linear head on the ``4 · 2 · channels`` features returned by :meth:`features`.
+
+    Args:
+        num_classes: outputs of the head.
+        in_channels: colour channels of the inputs.
+        channels: width of the first two convolutions (the third has twice as many).
+
+    Example:
+        >>> import torch
+        >>> net = DigitsConvNet(num_classes=2)
+        >>> net(torch.zeros(2, 3, 8, 8)).shape, net.features(torch.zeros(2, 3, 8, 8)).shape
+        (torch.Size([2, 2]), torch.Size([2, 256]))
+    """
+
+    def __init__(self, num_classes: int = 2, in_channels: int = 3, channels: int = 32) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1),
+            nn.BatchNorm2d(2 * channels),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(2 * channels * 4, num_classes)
 
 
 class _BasicBlock(nn.Module):

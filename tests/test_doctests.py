@@ -9,6 +9,7 @@ MODULES = [
     "lightning_autobalance.losses",
     "lightning_autobalance.baselines",
     "lightning_autobalance.group_dro",
+    "lightning_autobalance.jtt",
     "lightning_autobalance.group_last_layer",
     "lightning_autobalance.last_layer",
     "lightning_autobalance.hypergrad",
@@ -25,7 +26,9 @@ MODULES = [
     "lightning_autobalance.data.profiles",
     "lightning_autobalance.data.labels",
     "lightning_autobalance.data.split",
+    "lightning_autobalance.data.resample",
     "lightning_autobalance.data.spurious",
+    "lightning_autobalance.data.spurious_digits",
     "lightning_autobalance.data.waterbirds",
     "lightning_autobalance.data.celeba",
 ]
