@@ -83,8 +83,7 @@ def test_tensorboard_logger_without_the_package_fails_before_anything_runs(tmp_p
     assert not (tmp_path / "data").exists() and not (tmp_path / "out" / "logs").exists()  # before the data
 
 
-def test_tensorboard_logger_when_installed(tmp_path):
-    pytest.importorskip("tensorboard")
+def test_tensorboard_logger_when_installed(tmp_path):  # tensorboard is in the dev extra
     cfg = compose_config(["logger=tensorboard"])
     cli.check_logger(cfg)
     logger = cli._logger(cfg, tmp_path, "search")

@@ -8,12 +8,11 @@ the final ``q`` and the final weights.
 """
 
 import argparse
-import json
-from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
+from ddp_record import write_record_and_leave  # tests/scripts, next to this script
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
@@ -103,12 +102,7 @@ def main():
         "q": group_dro.loss.q.tolist(),
         "weights": [float(v) for p in model.parameters() for v in p.detach().flatten()],
     }
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
-    # leave together and close the gloo connections before the interpreter exits (see ddp_search.py)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    write_record_and_leave(args.out, trainer.global_rank, record)
 
 
 if __name__ == "__main__":

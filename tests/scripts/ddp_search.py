@@ -15,7 +15,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
+from ddp_record import write_record_and_leave  # tests/scripts, next to this script
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -150,13 +150,7 @@ def main():
         head, before = model.autobalance_head(), llr.report.previous_head
         record["head"], record["head_before"] = flat([head.weight, head.bias]), flat([before.weight, before.bias])
         record["llr"] = dict(llr.report.metrics)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
-    # leave together and close the gloo connections before the interpreter exits: a rank that exits while its peer
-    # still holds the connection can abort the peer's gloo thread ("terminate called without an active exception")
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    write_record_and_leave(args.out, trainer.global_rank, record)
 
 
 if __name__ == "__main__":
