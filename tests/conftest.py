@@ -8,6 +8,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def single_thread():
+    """One torch thread for the test (tiny problems: OpenMP overhead dominates on a busy 2-core machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def no_global_seed(monkeypatch):
     """Every test starts without a seed_everything seed (AutoBalance / HeldOutSplit seeds follow it when unset)."""

@@ -14,13 +14,7 @@ from torch import nn
 import lightning_autobalance.group_last_layer as gll
 from lightning_autobalance.group_last_layer import afr_head, afr_weights, dfr_head, group_balanced_indices
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _cells_problem(n=400, d=5, k=2, g=2, seed=0, majority=0.8):

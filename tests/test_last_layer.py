@@ -30,12 +30,7 @@ K, D_IN, D_FEAT, N = 3, 5, 8, 120
 CONFIG = Path(__file__).resolve().parents[1] / "conf" / "llr" / "default.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class TinyNet(nn.Module):
