@@ -13,15 +13,21 @@ For every seed:
 
 Prints a markdown table of mean ± std over the seeds. The data set is fixed (generator seed 0); the seed drives the
 held-out split, the backbone's initialisation and data order, the downsampling draw and the bilevel split.
+``--paired MODE`` adds paired differences (mode − MODE, per seed) with 95% t-intervals; ``--features-cache DIR``
+stores the frozen features of every seed (``seed{s}_e{epochs}.pt``) and reuses them, so that a rerun compares the
+weight modes on exactly the same backbones; ``--json`` writes the per-seed errors.
 
 Usage:  PYTHONPATH=. python benchmarks/llr_mnist1d.py [--seeds 0 1 2] [--epochs 50] [--heldout-fraction 0.3]
-        [--subsets 1.0 0.33] [--losses square ce] [--ridge 10] [--output table.md]
+        [--subsets 1.0 0.33] [--losses square ce] [--ridge 10] [--paired priors] [--features-cache DIR]
+        [--json per_seed.json] [--output table.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import os
 import statistics
 import tempfile
@@ -89,6 +95,40 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.3f} ± {std:.3f}"
 
 
+def t_interval(values: list[float]) -> str:
+    """Mean with its two-sided 95% Student-t interval (``mean [low, high]``)."""
+    from scipy.stats import t as student_t
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:+.3f}"
+    half = student_t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]"
+
+
+def cached_features(args, dataset, targets, test_loader, seed: int):
+    """(held-out features, test features, CE-head test logits, train size, train seconds), cached per seed."""
+    path = None if args.features_cache is None else args.features_cache / f"seed{seed}_e{args.epochs}.pt"
+    if path is not None and path.exists():
+        blob = torch.load(path, weights_only=True)
+        held = RetrainingFeatures(blob["held_x"], blob["held_y"])
+        test = RetrainingFeatures(blob["test_x"], blob["test_y"])
+        return held, test, blob["ce_logits"], int(blob["n_train"]), 0.0
+    train_idx, held_idx = stratified_split(targets, None, args.heldout_fraction, seed)
+    t0 = time.perf_counter()
+    model = train_backbone(dataset, train_idx, args.epochs, seed)
+    t_train = time.perf_counter() - t0
+    held = extract_features(model, DataLoader(Subset(dataset, held_idx.tolist()), batch_size=512), head="net.head")
+    test = extract_features(model, test_loader, head="net.head")
+    with torch.no_grad():
+        ce_logits = model.net.head(test.features)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = {"held_x": held.features, "held_y": held.targets, "test_x": test.features, "test_y": test.targets}
+        torch.save({**blob, "ce_logits": ce_logits, "n_train": len(train_idx)}, path)
+    return held, test, ce_logits, len(train_idx), t_train
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -106,6 +146,9 @@ def main() -> None:
     parser.add_argument("--max-weight", type=float, default=1000.0, help="cap of the thumb weight ratio")
     parser.add_argument("--bilevel-steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--paired", default=None, choices=list(MODES), help="paired differences to this mode")
+    parser.add_argument("--features-cache", type=Path, default=None, help="store / reuse frozen features here")
+    parser.add_argument("--json", type=Path, default=None, help="write the per-seed errors to this file")
     parser.add_argument("--output", type=Path, default=None, help="also write the markdown table to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -127,16 +170,10 @@ def main() -> None:
     stats: dict[float, list[tuple[int, int, float]]] = defaultdict(list)
     train_sizes = []
     for seed in args.seeds:
-        train_idx, held_idx = stratified_split(targets, None, args.heldout_fraction, seed)
-        train_sizes.append(len(train_idx))
-        t0 = time.perf_counter()
-        model = train_backbone(dataset, train_idx, args.epochs, seed)
-        t_train = time.perf_counter() - t0
-        held = extract_features(model, DataLoader(Subset(dataset, held_idx.tolist()), batch_size=512), head="net.head")
-        test = extract_features(model, test_loader, head="net.head")
+        held, test, ce_logits, n_train, t_train = cached_features(args, dataset, targets, test_loader, seed)
+        train_sizes.append(n_train)
         feature_dim = held.features.shape[1]
-        with torch.no_grad():
-            ce_logits = model.net.head(test.features)
+        model = ImbalancedClassifier(MNIST1DConvNet(num_classes=NUM_CLASSES), num_classes=NUM_CLASSES)
         for fraction in args.subsets:
             results[(fraction, "-", BASELINE)].append(test_errors(ce_logits, test.targets))
             retrain = subset(held, fraction, seed)
@@ -162,7 +199,7 @@ def main() -> None:
                     )
             stats[fraction].append((len(retrain), int(report["llr/effective_dimension"]), report["llr/delta"]))
         print(
-            f"seed {seed}: backbone trained on {len(train_idx)} samples in {t_train:.0f} s; held out {len(held)}; "
+            f"seed {seed}: backbone trained on {n_train} samples in {t_train:.0f} s (0: cached); held out {len(held)}; "
             f"elapsed {time.perf_counter() - start:.0f} s",
             flush=True,
         )
@@ -186,8 +223,37 @@ def main() -> None:
             lines.append(
                 f"| {label} | {loss} | {mode} | {fmt([v[0] for v in values])} | {fmt([v[1] for v in values])} |"
             )
+    if args.paired is not None:
+        lines += [
+            "",
+            f"Paired differences to `{args.paired}` (mode − {args.paired}, same seed; negative = lower error), mean "
+            f"with 95% t-interval over {len(args.seeds)} seeds:",
+            "",
+            "| retraining set | loss | mode | Δ worst-class error | Δ balanced error |",
+            "|---|---|---|---|---|",
+        ]
+        for fraction in args.subsets:
+            n = statistics.fmean(v[0] for v in stats[fraction])
+            for loss in args.losses:
+                ref = results[(fraction, loss, args.paired)]
+                for mode in args.modes:
+                    if mode == args.paired:
+                        continue
+                    values = results[(fraction, loss, mode)]
+                    diffs = [[v[i] - r[i] for v, r in zip(values, ref, strict=True)] for i in range(2)]
+                    lines.append(f"| n={n:.0f} | {loss} | {mode} | {t_interval(diffs[0])} | {t_interval(diffs[1])} |")
     lines += ["", f"Total time {time.perf_counter() - start:.0f} s, {args.threads} thread(s)."]
     table = "\n".join(lines)
+    if args.json is not None:
+        per_seed = {
+            f"{fraction}|{loss}|{mode}": {
+                "seeds": args.seeds,
+                "worst_class": [v[0] for v in values],
+                "balanced": [v[1] for v in values],
+            }
+            for (fraction, loss, mode), values in results.items()
+        }
+        args.json.write_text(json.dumps(per_seed, indent=1) + "\n", encoding="utf-8")
     print()
     print(table)
     if args.output is not None:

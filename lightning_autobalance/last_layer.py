@@ -556,7 +556,8 @@ def retrain_last_layer(
             ``downsample`` on a long-tailed set.
         variance: variance fraction defining ``d_eff`` (``thumb``).
         delta: explicit ``δ`` for ``thumb`` instead of ``d_eff / n``.
-        max_weight: cap of the one-vs-rest weight ratio (``thumb``) when ``δ ≥ 2π_k``.
+        max_weight: cap of the binary ``thumb`` weight ratio when ``δ ≥ 2π`` (with K ≥ 3 classes ``thumb`` caps each
+            class's correction at :data:`~lightning_autobalance.llr.DEFAULT_MAX_CORRECTION` × its inverse-prior weight).
         bilevel: keyword arguments of :func:`~lightning_autobalance.llr.bilevel_weights` (``per``, ``objective``,
             ``val_loss``, ``val_fraction``, ``steps``, ``lr``, ``temperature``, ``init``); ``ridge`` and
             ``fit_intercept`` default to those of the final fit.
@@ -772,7 +773,7 @@ class LastLayerRetraining(Callback):
         ridge: L2 penalty of the head.
         variance: variance fraction of ``d_eff`` (``thumb``).
         delta: explicit ``δ`` for ``thumb``.
-        max_weight: cap of the ``thumb`` weight ratio.
+        max_weight: cap of the binary ``thumb`` weight ratio (see :func:`retrain_last_layer`).
         bilevel: options of :func:`~lightning_autobalance.llr.bilevel_weights`.
         group_head: options of :func:`~lightning_autobalance.group_last_layer.dfr_head` /
             :func:`~lightning_autobalance.group_last_layer.afr_head` (modes ``dfr`` / ``afr``).

@@ -48,7 +48,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "DEFAULT_ANCHOR",
+    "DEFAULT_MAX_CORRECTION",
     "DEFAULT_MAX_WEIGHT",
+    "DEFAULT_MIN_CELL_SIZE",
     "BilevelResult",
     "LinearHead",
     "bilevel_objective",
@@ -64,7 +67,16 @@ __all__ = [
 ]
 
 DEFAULT_MAX_WEIGHT: float = 1e3
-"""Cap on the minority/majority weight ratio when ``δ ≥ 2π₊`` (no finite weight equalizes the class errors)."""
+"""Cap on the binary minority/majority weight ratio when ``δ ≥ 2π₊`` (no finite weight equalizes the errors)."""
+
+DEFAULT_MAX_CORRECTION: float = 1.5
+"""Cap on the multiclass (``K ≥ 3``) Thumb correction ``ρ̃_k/ρ_k`` relative to the inverse-prior weight."""
+
+DEFAULT_MIN_CELL_SIZE: int = 3
+"""Bilevel weight cells with fewer validation samples than this are not tuned (kept at the prior ratio)."""
+
+DEFAULT_ANCHOR: float = 10.0
+"""Strength of the bilevel penalty that anchors the weights to the ratio of priors."""
 
 WeightMode = Literal["none", "priors", "thumb", "downsample", "bilevel"]
 MODES: tuple[str, ...] = ("none", "priors", "thumb", "downsample", "bilevel")
@@ -126,15 +138,20 @@ class BilevelResult:
         weights: the tuned weights, ``(K,)`` per class or ``(G, K)`` per (group, class), normalised so that the
             mean per-sample weight over the whole retraining set is 1. These are the weights at the step with
             the lowest validation objective (``best_step``).
-        history: validation objective before each step, and after the last one (``steps + 1`` values).
-        weight_history: ``(steps + 1, *weights.shape)`` weights along the optimisation, same normalisation.
+        history: validation objective plus the ``anchor`` penalty before each step, and after the last one
+            (``steps + 1`` values; a single value when no cell is tuned).
+        weight_history: ``(len(history), *weights.shape)`` weights along the optimisation, same normalisation.
         best_step: index into ``history`` of the returned weights.
+        tuned: boolean mask of the weights' shape: ``True`` for the cells whose weight was tuned, ``False`` for
+            cells kept at the prior ratio (fewer than ``min_cell_size`` validation samples, no sample, or every
+            cell with ``anchor=inf``).
     """
 
     weights: Tensor
     history: list[float] = field(default_factory=list)
     weight_history: Tensor | None = None
     best_step: int = 0
+    tuned: Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -432,66 +449,101 @@ def prior_class_weights(class_counts: Sequence[float] | Tensor) -> Tensor:
     return _normalise(1.0 / priors, priors)
 
 
+def _check_max_correction(max_correction: float) -> float:
+    max_correction = float(max_correction)
+    if not (math.isfinite(max_correction) and max_correction >= 1):
+        raise ValueError(f"max_correction must be a finite number >= 1, got {max_correction}")
+    return max_correction
+
+
 def thumb_class_weights(
-    class_counts: Sequence[float] | Tensor, delta: float, max_weight: float = DEFAULT_MAX_WEIGHT
+    class_counts: Sequence[float] | Tensor,
+    delta: float,
+    max_weight: float = DEFAULT_MAX_WEIGHT,
+    max_correction: float = DEFAULT_MAX_CORRECTION,
 ) -> Tensor:
     """Per-class "Thumb on the Scale" weights: a one-vs-rest multiclass extension of :func:`optimal_weight`.
 
-    Each class ``k`` is treated as the binary problem "class k vs the rest" with prior ``π_k``. If
-    ``π_k < 1/2`` its one-vs-rest optimal ratio is ``ρ̃_k = (2(1−π_k) − δ)/(2π_k − δ)`` (capped at ``max_weight``
-    when ``δ ≥ 2π_k``), otherwise ``ρ̃_k`` is the plain ratio of priors. The weights are
+    Each class ``k`` is treated as the binary problem "class k vs the rest" with prior ``π_k`` and prior ratio
+    ``ρ_k = (1 − π_k)/π_k``. Its finite-sample correction is
 
-        ``ω_k ∝ ρ̃_k / (1 − π_k)  =  (1/π_k) · (ρ̃_k / ρ_k)``,   ``ρ_k = (1 − π_k)/π_k``,
+        ``c_k = ρ̃_k / ρ_k = (1 − δ/(2(1 − π_k))) / (1 − δ/(2π_k))``   for ``π_k < 1/2`` and ``δ < 2π_k``
 
-    i.e. the inverse-prior weights multiplied by each class's finite-sample correction ``ρ̃_k/ρ_k ≥ 1``,
-    normalised so that the mean weight over samples is 1 (``Σ_k π_k ω_k = 1``). Properties: for ``K = 2`` the
-    ratio ``ω₊/ω₋`` is exactly :func:`optimal_weight`; for ``δ = 0`` the weights equal
-    :func:`prior_class_weights` for every ``K``; rarer classes get a larger correction.
+    (``ρ̃_k`` the one-vs-rest optimal ratio of :func:`optimal_weight`), ``c_k = 1`` for ``π_k ≥ 1/2``, and the
+    weights are the inverse-prior weights times the corrections, ``ω_k ∝ c_k / π_k``, normalised so that the mean
+    weight over samples is 1 (``Σ_k π_k ω_k = 1``).
 
-    Limits: the paper's theory is binary only. This extension is a heuristic, not a derived optimum: it
-    equalizes nothing exactly for ``K > 2`` (the "rest" is a mixture of classes, not a Gaussian class), and the
-    paper conjectures that multiclass problems need weights more extreme than the ratio of priors at small ``n``
-    — which this correction provides, though possibly not by the right amount. Tune with :func:`bilevel_weights`
-    when a validation split is affordable.
+    * ``K = 2``: the published binary rule, unchanged: ``ω₊/ω₋`` is exactly :func:`optimal_weight` (``ρ̃`` for
+      ``δ < 2π₊``, ``max_weight`` with a warning beyond, where the paper says "as strongly as possible").
+    * ``K ≥ 3``: ``c_k`` is capped at ``max_correction`` (default :data:`DEFAULT_MAX_CORRECTION`), for every
+      ``δ``, and classes with ``δ ≥ 2π_k`` (no finite optimum) get ``c_k = max_correction``. Every weight ratio
+      thus stays within ``max_correction`` times the ratio of priors, ``ω_k/ω_j ≤ max_correction · π_j/π_k``.
+
+    Why a cap relative to the priors for ``K ≥ 3``: ``c_k`` grows without bound as ``δ → 2π_k``, and an absolute
+    cap on ``ρ̃_k`` (``max_weight``, the previous rule) gave every class beyond ``δ = 2π_k`` the *same* weight
+    — on MNIST-1D-LT with ``δ ≈ 0.2–0.5`` that was 7 of 10 classes, so the tail lost its ordering by prior and the
+    head classes were almost ignored; it lost to the plain ratio of priors on every setting measured
+    (``benchmarks/results/llr_thumb_bilevel.md``). The binary "weight the minority as strongly as possible" does not
+    carry over to several minorities that compete with each other: each one-vs-rest "rest" contains the other
+    up-weighted classes. Capping the correction keeps the inverse-prior ordering (the ``δ → 0`` limit the paper
+    proves) and the paper's direction (rarer classes get the larger correction, up to the cap); the cap is
+    applied for every ``δ`` so that the weights are continuous and monotone in ``δ``. The default was chosen on
+    development seeds of ``benchmarks/llr_mnist1d.py``; it is a heuristic, not a derived optimum. The paper's
+    theory is binary only and conjectures that multiclass needs weights more extreme than the ratio of priors at
+    small ``n``, which ``max_correction > 1`` allows. Tune with :func:`bilevel_weights` when a validation split
+    is affordable.
 
     Args:
         class_counts: ``(K,)`` number of retraining samples per class (all > 0).
         delta: ``δ = d/n`` (or ``d_eff / n``), ``≥ 0``.
-        max_weight: cap on each one-vs-rest ratio ``ρ̃_k`` (a warning lists the classes that hit it).
+        max_weight: binary only (``K = 2``): cap on the ratio ``ρ̃`` (a warning says when it is hit).
+        max_correction: ``K ≥ 3`` only: cap ``≥ 1`` on each correction ``c_k`` (``1`` gives the ratio of priors).
 
     Returns:
         ``(K,)`` float64 class weights with mean 1 over samples.
 
     Raises:
-        ValueError: for empty classes, a negative ``delta`` or ``max_weight < 1``.
+        ValueError: for empty classes, a negative ``delta``, ``max_weight < 1`` or ``max_correction < 1``.
 
     Example:
         >>> w = thumb_class_weights([800, 200], delta=0.2)
         >>> round(float(w[1] / w[0]), 6)
         7.0
+        >>> w = thumb_class_weights([600, 300, 100], delta=0.25, max_correction=3.0)  # δ ≥ 2π₂ = 0.2
+        >>> [round(v, 4) for v in (w * torch.tensor([0.6, 0.3, 0.1])).tolist()]  # π_k ω_k = c_k / Σ c, c = (1, 1.41, 3)
+        [0.1849, 0.2604, 0.5547]
     """
     counts = _check_counts(class_counts)
     delta, max_weight = _check_delta_and_cap(delta, max_weight)
+    max_correction = _check_max_correction(max_correction)
     priors = counts / counts.sum()
     raw = torch.empty_like(priors)
-    capped_classes = []
+    if priors.numel() == 2:
+        capped_classes = []
+        for k, p in enumerate(priors.tolist()):
+            if p < 0.5:
+                rho, capped = _thumb_ratio(p, delta, max_weight)
+                if capped:
+                    capped_classes.append(k)
+                raw[k] = rho / (1.0 - p)
+            else:
+                raw[k] = 1.0 / p
+        if capped_classes:
+            warnings.warn(
+                f"class {capped_classes[0]}: delta={delta:g} is too large for its prior (delta >= 2*prior or "
+                f"ratio > max_weight); the weight ratio is capped at max_weight={max_weight:g}. Collect more "
+                f"retraining samples or reduce the feature dimension.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return _normalise(raw, priors)
     for k, p in enumerate(priors.tolist()):
+        correction = 1.0
         if p < 0.5:
-            rho, capped = _thumb_ratio(p, delta, max_weight)
-            if capped:
-                capped_classes.append(k)
-            raw[k] = rho / (1.0 - p)
-        else:
-            raw[k] = 1.0 / p
-    if capped_classes:
-        warnings.warn(
-            f"classes {capped_classes}: delta={delta:g} is too large for their prior (delta >= "
-            f"2*prior or ratio > max_weight); their one-vs-rest weight ratio is capped at "
-            f"max_weight={max_weight:g}. Collect more retraining samples or reduce the feature "
-            f"dimension.",
-            UserWarning,
-            stacklevel=2,
-        )
+            correction = max_correction
+            if delta < 2.0 * p:
+                correction = min((1.0 - delta / (2.0 * (1.0 - p))) / (1.0 - delta / (2.0 * p)), max_correction)
+        raw[k] = correction / p
     return _normalise(raw, priors)
 
 
@@ -948,6 +1000,8 @@ def bilevel_weights(
     fit_intercept: bool = True,
     init: Literal["none", "priors"] | Tensor = "priors",
     seed: int = 0,
+    min_cell_size: int = DEFAULT_MIN_CELL_SIZE,
+    anchor: float = DEFAULT_ANCHOR,
 ) -> BilevelResult:
     """Tune per-class or per-(group, class) loss weights by bilevel optimisation on a split of the retraining set.
 
@@ -959,6 +1013,25 @@ def bilevel_weights(
 
     Caveat: the weights are tuned for a head fit on the training part (``n·(1 − val_fraction)`` samples, i.e. a
     larger ``δ``) and are then meant for a refit on the whole retraining set.
+
+    Small cells. A cell with one or two validation samples has a validation loss that is mostly noise, and the
+    exact hypergradient fits that noise (on MNIST-1D-LT the tuned weights lost to the ratio of priors). Two guards,
+    both relative to the *prior ratio* (inverse cell frequency ``1/n_c`` on the whole retraining set), written with
+    the log-correction ``r_c = log ω_c + log n_c`` (equal ``r_c`` for all cells means the ratio of priors):
+
+    * ``min_cell_size``: cells with fewer validation samples are not tuned; their ``r_c`` is the mean ``r`` of the
+      tuned cells, i.e. they keep the inverse-frequency weight relative to a typical tuned cell. Their validation
+      samples still count in the objective. If no cell is tuned the result is the ratio of priors.
+    * ``anchor`` (``λ ≥ 0``): the objective minimised (and used to pick the best step) is the validation objective
+      plus ``λ · mean_c (r_c − r̄)² / m_c`` over the cells with samples (``r̄`` their mean, ``m_c`` the cell's
+      validation samples): a Gaussian prior on the log-corrections centred at the ratio of priors, whose weight
+      relative to the data falls like the noise of a cell's mean validation loss (``∝ 1/m_c``). Small cells are
+      pinned close to the ratio of priors, large cells can follow the hypergradient. ``λ = 0`` switches it off;
+      ``λ = inf`` returns the ratio of priors.
+    The defaults (:data:`DEFAULT_MIN_CELL_SIZE`, :data:`DEFAULT_ANCHOR`) were chosen on development seeds of
+    ``benchmarks/llr_mnist1d.py``, checked against ``benchmarks/llr_theory.py --quick`` (the binary Gaussian
+    mixture, where the optimal ratio is far from the priors and ``anchor=10`` keeps most of the gain over them);
+    see ``benchmarks/results/llr_thumb_bilevel.md``.
 
     Args:
         features: ``(N, d)`` retraining features.
@@ -981,9 +1054,13 @@ def bilevel_weights(
         init: starting weights: ``"priors"`` (inverse cell frequency), ``"none"`` (all ones) or a positive tensor
             of the weights' shape.
         seed: seed of the split.
+        min_cell_size: cells with fewer validation samples than this keep the prior-ratio weight (``≤ 1``
+            tunes every cell).
+        anchor: strength ``λ ≥ 0`` (or ``inf``) of the penalty anchoring the weights to the ratio of priors.
 
     Returns:
-        A :class:`BilevelResult` (best weights, objective history, weight history).
+        A :class:`BilevelResult` (best weights, objective history including the penalty, weight history, mask of
+        the tuned cells).
 
     Raises:
         ValueError: bad options, cells with fewer than 2 samples, or a singular inner problem (pass ``ridge>0``).
@@ -1002,6 +1079,11 @@ def bilevel_weights(
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if int(steps) < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    if isinstance(min_cell_size, bool) or int(min_cell_size) != min_cell_size or min_cell_size < 0:
+        raise ValueError(f"min_cell_size must be an integer >= 0 (validation samples per cell), got {min_cell_size}")
+    anchor = float(anchor)
+    if math.isnan(anchor) or anchor < 0:
+        raise ValueError(f"anchor must be >= 0 (0 switches the prior-ratio penalty off, inf pins it), got {anchor}")
     x = _check_features(features).to(torch.float64)
     n = x.shape[0]
     y, k = _check_targets(targets, n, num_classes)
@@ -1047,11 +1129,17 @@ def bilevel_weights(
     )
 
     full_counts = torch.bincount(cells, minlength=num_cells).to(torch.float64)
+    present = full_counts > 0
+    prior_log = -torch.log(full_counts.clamp_min(1.0))  # log-weights of the ratio of priors (inverse frequency)
+    val_counts = torch.bincount(cells[val_idx], minlength=num_cells)
+    tuned = present & (val_counts >= int(min_cell_size))
+    if math.isinf(anchor):
+        tuned = torch.zeros_like(tuned)
     if isinstance(init, str):
         if init == "none":
             start = torch.zeros(num_cells, dtype=torch.float64)
         elif init == "priors":
-            start = -torch.log(full_counts.clamp_min(1.0))
+            start = prior_log.clone()
         else:
             raise ValueError(f"init must be 'none', 'priors' or a tensor of positive weights, got {init!r}")
     else:
@@ -1059,8 +1147,22 @@ def bilevel_weights(
         if tuple(init_t.shape) != shape or not bool(torch.isfinite(init_t).all()) or bool((init_t <= 0).any()):
             raise ValueError(f"init must be a finite positive tensor of shape {shape}")
         start = torch.log(init_t).reshape(-1)
-    log_w = start.clone().requires_grad_(True)
-    opt = torch.optim.Adam([log_w], lr=float(lr))
+    # Optimise the log-corrections r = log-weights − prior log-weights of the tuned cells; the other cells take
+    # the mean correction of the tuned ones (0, the ratio of priors, when none is tuned).
+    correction = (start - prior_log).clone().requires_grad_(True)
+    opt = torch.optim.Adam([correction], lr=float(lr))
+    num_tuned = int(tuned.sum())
+    num_present = int(present.sum())
+
+    def log_weights(r: Tensor) -> Tensor:
+        fill = r[tuned].mean() if num_tuned else r.new_zeros(())
+        return prior_log + torch.where(tuned, r, fill)
+
+    def penalty(lw: Tensor) -> Tensor:
+        if anchor == 0.0 or math.isinf(anchor) or num_tuned == 0:
+            return lw.new_zeros(())
+        r = (lw - prior_log)[present]
+        return anchor * ((r - r.mean()).pow(2) / val_counts[present].clamp_min(1)).sum() / num_present
 
     def full_norm(lw: Tensor) -> Tensor:
         w = torch.exp(lw - lw.max())
@@ -1070,10 +1172,11 @@ def bilevel_weights(
     weight_history: list[Tensor] = []
     for step in range(int(steps) + 1):
         opt.zero_grad()
-        value = problem(log_w)
+        lw = log_weights(correction)
+        value = problem(lw) + penalty(lw)
         history.append(float(value.detach()))
-        weight_history.append(full_norm(log_w.detach()))
-        if step == int(steps):
+        weight_history.append(full_norm(lw.detach()))
+        if step == int(steps) or num_tuned == 0:
             break
         value.backward()
         opt.step()
@@ -1083,6 +1186,7 @@ def bilevel_weights(
         history=history,
         weight_history=torch.stack(weight_history),
         best_step=best,
+        tuned=tuned.reshape(shape),
     )
 
 
@@ -1101,6 +1205,7 @@ def class_weights_for_mode(
     max_weight: float = DEFAULT_MAX_WEIGHT,
     seed: int = 0,
     bilevel_kwargs: dict | None = None,
+    max_correction: float = DEFAULT_MAX_CORRECTION,
 ) -> Tensor:
     """Loss weights for last-layer retraining under one of the named modes (pass them to :func:`fit_last_layer`).
 
@@ -1121,9 +1226,10 @@ def class_weights_for_mode(
         num_classes: ``K`` (default ``max(targets) + 1``).
         variance: variance fraction for ``d_eff`` (``thumb``).
         delta: explicit ``δ`` for ``thumb`` (e.g. the true ``d/n``), overriding the ``d_eff`` estimate.
-        max_weight: cap for ``thumb`` (see :func:`optimal_weight`).
+        max_weight: cap for binary ``thumb`` (see :func:`optimal_weight`).
         seed: seed for ``downsample`` and the ``bilevel`` split.
         bilevel_kwargs: extra keyword arguments of :func:`bilevel_weights`.
+        max_correction: cap of the multiclass ``thumb`` correction (see :func:`thumb_class_weights`).
 
     Returns:
         A float64 weight tensor of the shape listed above.
@@ -1159,7 +1265,7 @@ def class_weights_for_mode(
             if features is None:
                 raise ValueError("mode='thumb' needs features (for d_eff) or an explicit delta=d/n")
             delta = effective_dimension(features, variance) / n
-        return thumb_class_weights(counts, delta, max_weight)
+        return thumb_class_weights(counts, delta, max_weight, max_correction)
     if features is None:
         raise ValueError("mode='bilevel' needs the retraining features")
     kwargs = dict(bilevel_kwargs or {})

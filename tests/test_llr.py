@@ -12,6 +12,7 @@ from sklearn.linear_model import LogisticRegression
 
 import lightning_autobalance.llr as llr
 from lightning_autobalance.llr import (
+    DEFAULT_MAX_CORRECTION,
     DEFAULT_MAX_WEIGHT,
     LinearHead,
     bilevel_objective,
@@ -26,14 +27,7 @@ from lightning_autobalance.llr import (
     thumb_class_weights,
 )
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """The problems here are tiny: one thread avoids OpenMP overhead on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny problems
 
 
 def _problem(n=120, d=6, k=3, g=2, seed=0, offset=3.0):
@@ -204,6 +198,71 @@ def test_bilevel_weights_deterministic_and_improve_objective():
     assert gc.weights.shape == (2, 3)
 
 
+def _small_cell_problem():
+    """Three classes; class 2 has 3 samples, so the bilevel split keeps round(0.3·3) = 1 of them for validation."""
+    x, y, _ = _problem(n=150, d=4, k=2, seed=21)
+    extra = torch.from_numpy(np.random.default_rng(22).normal(size=(3, 4)) + 4.0)
+    return torch.cat([x, extra]), torch.cat([y, torch.full((3,), 2)])
+
+
+def test_bilevel_min_cell_size_keeps_small_cells_at_prior_ratio():
+    x, y = _small_cell_problem()
+    counts = torch.bincount(y).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # frozen cells are the documented rule: no warning
+        res = bilevel_weights(x, y, steps=30, lr=0.2, min_cell_size=3, anchor=0.0)
+    assert res.tuned.tolist() == [True, True, False]
+    assert res.best_step > 0  # the tuned cells did move
+    corrections = torch.log(res.weights * counts)  # log-correction r_c relative to the inverse frequency
+    assert not math.isclose(float(corrections[0]), float(corrections[1]), abs_tol=1e-6)
+    # the 1-validation-sample cell gets the prior-ratio weight relative to the tuned cells: r₂ = mean(r₀, r₁)
+    assert math.isclose(float(corrections[2]), float(corrections[:2].mean()), rel_tol=0, abs_tol=1e-12)
+    free = bilevel_weights(x, y, steps=30, lr=0.2, min_cell_size=0, anchor=0.0)
+    assert free.tuned.all() and not torch.allclose(free.weights, res.weights)
+    # no tuned cell at all: the ratio of priors, one history entry
+    none_tuned = bilevel_weights(x, y, steps=30, min_cell_size=10_000)
+    assert not none_tuned.tuned.any() and len(none_tuned.history) == 1
+    assert torch.allclose(none_tuned.weights, prior_class_weights(counts), rtol=1e-12, atol=0)
+
+
+def test_bilevel_anchor_penalty_hand_computed_and_infinite_limit():
+    x, y = _small_cell_problem()
+    counts = torch.bincount(y).double()
+    init = torch.tensor([1.0, 3.0, 0.5], dtype=torch.float64)
+    kw = dict(steps=0, init=init, min_cell_size=0)
+    plain, anchored = bilevel_weights(x, y, anchor=0.0, **kw), bilevel_weights(x, y, anchor=2.5, **kw)
+    r = torch.log(init * counts)
+    n_val = torch.tensor([min(max(round(0.3 * int(c)), 1), int(c) - 1) for c in counts], dtype=torch.float64)
+    assert n_val[2] == 1  # the 3-sample class keeps one validation sample
+    expected = 2.5 * float(((r - r.mean()) ** 2 / n_val).mean())  # per cell, scaled by 1/validation samples
+    assert math.isclose(anchored.history[0] - plain.history[0], expected, rel_tol=1e-10)
+    pw = prior_class_weights(counts)
+    for strength in (math.inf, 1e8):  # the penalty → ∞ pins the weights to the ratio of priors
+        res = bilevel_weights(x, y, steps=20, lr=0.2, min_cell_size=0, anchor=strength)
+        assert torch.allclose(res.weights, pw, rtol=1e-12, atol=0)
+    # a finite anchor pulls the log-corrections together (smaller spread than without it)
+    loose = bilevel_weights(x, y, steps=40, lr=0.2, min_cell_size=0, anchor=0.0)
+    tight = bilevel_weights(x, y, steps=40, lr=0.2, min_cell_size=0, anchor=10.0)
+    assert float(torch.log(tight.weights * counts).std()) < float(torch.log(loose.weights * counts).std())
+    mode = class_weights_for_mode("bilevel", y, x, bilevel_kwargs={"steps": 20, "anchor": math.inf})
+    assert torch.allclose(mode, pw, rtol=1e-12, atol=0)
+
+
+def test_bad_inputs_new_options_name_the_argument():
+    x, y = _small_cell_problem()
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="min_cell_size must be an integer >= 0"):
+            bilevel_weights(x, y, min_cell_size=bad)
+    for bad in (-0.1, math.nan):
+        with pytest.raises(ValueError, match="anchor must be >= 0"):
+            bilevel_weights(x, y, anchor=bad)
+    for bad in (0.5, math.inf, math.nan):
+        with pytest.raises(ValueError, match="max_correction must be a finite number >= 1"):
+            thumb_class_weights([5, 3, 1], 0.1, max_correction=bad)
+    with pytest.raises(ValueError, match="max_correction"):
+        class_weights_for_mode("thumb", torch.tensor([0, 0, 1, 2]), delta=0.1, max_correction=0.0)
+
+
 # ------------------------------------------------------------------------------------------ effective dimension
 @pytest.mark.parametrize("variance", [0.5, 0.9, 0.99, 1.0])
 @pytest.mark.parametrize(("n", "d", "rank"), [(400, 30, 4), (25, 60, 6)])
@@ -270,8 +329,51 @@ def test_prior_and_thumb_class_weights():
     assert bool((tm.diff() > 0).all())  # rarer class, larger weight
     correction = tm / prior_class_weights(multi)
     assert bool((correction.diff() > 0).all())  # rarer class, larger finite-sample correction
-    with pytest.warns(UserWarning, match=r"classes \[3\]"):
-        thumb_class_weights(multi, 0.12)
+    with pytest.warns(UserWarning, match=r"class 1: delta=0.5"):  # binary beyond 2π₊: the published cap
+        thumb_class_weights(counts, 0.5)
+
+
+def _correction(prior, delta):
+    """Hand computation of the one-vs-rest correction ρ̃/ρ of the published formula (δ < 2π)."""
+    rho_tilde = (2 * (1 - prior) - delta) / (2 * prior - delta)
+    return rho_tilde / ((1 - prior) / prior)
+
+
+def test_thumb_multiclass_relative_cap_hand_computed():
+    counts = torch.tensor([600.0, 300.0, 100.0])
+    priors = [0.6, 0.3, 0.1]
+    delta = 0.25  # ≥ 2π₂ = 0.2: class 2 has no finite optimum; class 1 (2π₁ = 0.6) keeps the formula
+    c1 = _correction(0.3, delta)
+    assert 1.0 < c1 < 3.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the documented rule is not a failure: no warning
+        w = thumb_class_weights(counts, delta, max_correction=3.0)
+        w_default = thumb_class_weights(counts, delta)
+    corrections = [1.0, c1, 3.0]  # class 0 has π ≥ 1/2: plain prior weight; class 2 at the cap
+    total = sum(corrections)
+    expected = torch.tensor([c / p / total for c, p in zip(corrections, priors, strict=True)], dtype=torch.float64)
+    assert torch.allclose(w, expected, rtol=1e-12, atol=0)
+    # class 1 vs class 0: exactly the published one-vs-rest ratio ρ̃₁ relative to the prior ratio
+    assert math.isclose(float(w[1] * 0.3 / (w[0] * 0.6)), optimal_weight(0.3, delta) * 0.3 / 0.7, rel_tol=1e-12)
+    # default cap 1.5: class 2 gets 1.5; class 1's formula value 1.41 is below the cap and kept
+    assert DEFAULT_MAX_CORRECTION == 1.5 and c1 < 1.5
+    expected_default = torch.tensor([1.0 / 0.6, c1 / 0.3, 1.5 / 0.1], dtype=torch.float64) / (1.0 + c1 + 1.5)
+    assert torch.allclose(w_default, expected_default, rtol=1e-12, atol=0)
+    # ratios stay within max_correction times the ratio of priors (the old absolute cap gave 1000)
+    assert float(w[2] / w[0]) <= 3.0 * 6.0 + 1e-9
+    # a class below 2π whose formula exceeds the cap is capped too, so the weights are continuous in δ
+    assert _correction(0.1, 0.19) > 3.0
+    below = thumb_class_weights(counts, 0.2 - 1e-9, max_correction=3.0)
+    above = thumb_class_weights(counts, 0.2 + 1e-9, max_correction=3.0)
+    assert torch.allclose(below, above, rtol=1e-7, atol=0)
+    # max_correction=1 is the ratio of priors; the binary case ignores max_correction (published rule)
+    assert torch.allclose(thumb_class_weights(counts, delta, max_correction=1.0), prior_class_weights(counts))
+    binary = thumb_class_weights([800, 200], 0.3, max_correction=1.0)
+    assert math.isclose(float(binary[1] / binary[0]), optimal_weight(0.2, 0.3), rel_tol=1e-12)
+    assert torch.allclose(
+        class_weights_for_mode("thumb", torch.tensor([0] * 6 + [1] * 3 + [2]), delta=delta),
+        thumb_class_weights([6, 3, 1], delta),
+    )
 
 
 def test_downsample_weights_balance_and_seed():
