@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_autobalance.losses import _as_counts, _as_group_counts, _plain, _reduce, check_inputs
+from lightning_autobalance.losses import as_counts, as_group_counts, check_inputs, plain_data, reduce_loss
 from lightning_autobalance.losses import effective_number_weights as _effective_number_weights
 
 __all__ = ["BASELINES", "FocalLoss", "LDAMLoss", "make_baseline"]
@@ -86,7 +86,7 @@ class LDAMLoss(nn.Module):
         beta: float = 0.9999,
     ) -> None:
         super().__init__()
-        counts = _as_counts(class_counts)
+        counts = as_counts(class_counts)
         if counts.numel() < 2:
             raise ValueError(f"LDAMLoss needs at least 2 classes, got class_counts {counts.tolist()}.")
         if (counts <= 0).any():
@@ -162,12 +162,12 @@ class LDAMLoss(nn.Module):
         per_sample = F.cross_entropy(self.scale * shifted, targets, reduction="none")
         weights = self.class_weights()
         if weights is None:
-            return _reduce(per_sample, reduction)
+            return reduce_loss(per_sample, reduction)
         sample_weights = weights.to(logits.dtype)[targets]
         weighted = sample_weights * per_sample
         if reduction == "mean":
             return weighted.sum() / sample_weights.sum()
-        return _reduce(weighted, reduction)
+        return reduce_loss(weighted, reduction)
 
     def extra_repr(self) -> str:
         """Summary shown by ``print(module)``."""
@@ -260,7 +260,7 @@ class FocalLoss(nn.Module):
             per_sample = torch.exp(self.gamma * log_miss) * per_sample
         if self.alpha is not None:
             per_sample = self.alpha.to(logits.dtype)[targets] * per_sample
-        return _reduce(per_sample, reduction)
+        return reduce_loss(per_sample, reduction)
 
     def extra_repr(self) -> str:
         """Summary shown by ``print(module)``."""
@@ -297,10 +297,10 @@ def make_baseline(
             f"Unknown baseline loss {name!r}: choose one of {', '.join(BASELINES)} (the family presets are built by "
             "lightning_autobalance.losses.make_loss)."
         )
-    options = {key: _plain(value) for key, value in options.items()}
-    counts = None if class_counts is None else _as_counts(_plain(class_counts))  # type: ignore[arg-type]
+    options = {key: plain_data(value) for key, value in options.items()}
+    counts = None if class_counts is None else as_counts(plain_data(class_counts))  # type: ignore[arg-type]
     if group_counts is not None:
-        totals = _as_group_counts(_plain(group_counts)).sum(0)  # type: ignore[arg-type]
+        totals = as_group_counts(plain_data(group_counts)).sum(0)  # type: ignore[arg-type]
         if counts is not None and (counts.shape != totals.shape or not torch.allclose(counts, totals, rtol=1e-9)):
             raise ValueError(
                 f"class_counts {counts.tolist()} differ from the class totals of group_counts {totals.tolist()}: "

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from lightning_autobalance.callback import AutoBalance
 from lightning_autobalance.data.labels import dataset_labels, group_class_counts
 from lightning_autobalance.data.split import HeldOutSplit
-from lightning_autobalance.losses import ParametricCrossEntropy, _as_counts, _as_group_counts, _plain, check_inputs
+from lightning_autobalance.losses import ParametricCrossEntropy, as_counts, as_group_counts, check_inputs, plain_data
 from lightning_autobalance.mixin import AutoBalanceMixin, PlainCrossEntropy
 
 __all__ = ["GroupDRO", "GroupDROLoss"]
@@ -162,7 +162,7 @@ class GroupDROLoss(nn.Module):
         self.num_dro_groups = num_classes * num_groups if over == "class_group" else num_groups
         counts = None
         if group_counts is not None:
-            counts = _as_group_counts(_plain(group_counts))  # type: ignore[arg-type]
+            counts = as_group_counts(plain_data(group_counts))  # type: ignore[arg-type]
             if tuple(counts.shape) != (num_groups, num_classes):
                 raise ValueError(
                     f"group_counts must have shape (num_groups, num_classes) = ({num_groups}, {num_classes}), got "
@@ -215,10 +215,10 @@ class GroupDROLoss(nn.Module):
         """
         if name != "group_dro":
             raise ValueError(f"GroupDROLoss.from_counts builds the 'group_dro' loss, got name={name!r}.")
-        options = {key: _plain(value) for key, value in options.items()}
-        counts = None if class_counts is None else _as_counts(_plain(class_counts))  # type: ignore[arg-type]
+        options = {key: plain_data(value) for key, value in options.items()}
+        counts = None if class_counts is None else as_counts(plain_data(class_counts))  # type: ignore[arg-type]
         if group_counts is not None:
-            cells = _as_group_counts(_plain(group_counts))  # type: ignore[arg-type]
+            cells = as_group_counts(plain_data(group_counts))  # type: ignore[arg-type]
             totals = cells.sum(0)
             if counts is not None and (counts.shape != totals.shape or not torch.allclose(counts, totals, rtol=1e-9)):
                 raise ValueError(

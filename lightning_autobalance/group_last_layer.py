@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_autobalance.llr import _check_features, _check_targets, downsample_weights
+from lightning_autobalance.llr import check_features, check_targets, downsample_weights, minimise_lbfgs
 
 __all__ = [
     "AFR_GAMMA_GRID",
@@ -172,9 +172,9 @@ def _inputs(
     num_classes: int | None,
     prefix: str = "",
 ) -> tuple[_Data, int, torch.dtype]:
-    x = _check_features(features, f"{prefix}features")
+    x = check_features(features, f"{prefix}features")
     dtype = x.dtype
-    y, k = _check_targets(targets, x.shape[0], num_classes, f"{prefix}targets")
+    y, k = check_targets(targets, x.shape[0], num_classes, f"{prefix}targets")
     g = _check_group_labels(groups, x.shape[0], f"{prefix}groups")
     return _Data(x.to(torch.float64), y, g), k, dtype
 
@@ -303,7 +303,7 @@ def group_balanced_indices(
         [1, 1, 1, 1]
     """
     targets = torch.as_tensor(targets)
-    y, k = _check_targets(targets, targets.shape[0] if targets.ndim else -1, num_classes)
+    y, k = check_targets(targets, targets.shape[0] if targets.ndim else -1, num_classes)
     g = _check_group_labels(groups, y.shape[0], "groups")
     num_g = 1 if g is None else (int(g.max()) + 1 if num_groups is None else int(num_groups))
     if g is not None and int(g.max()) >= num_g:
@@ -592,8 +592,8 @@ def afr_weights(
     gamma = _check_grid(gamma, "gamma", positive=False)[0]
     if class_balance not in ("count", "sum", "none"):
         raise ValueError(f"class_balance must be 'count', 'sum' or 'none', got {class_balance!r}")
-    logits = _check_features(erm_logits, "erm_logits").to(torch.float64)
-    y, _ = _check_targets(targets, logits.shape[0], logits.shape[1], "targets")
+    logits = check_features(erm_logits, "erm_logits").to(torch.float64)
+    y, _ = check_targets(targets, logits.shape[0], logits.shape[1], "targets")
     p_true = torch.softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
     w = torch.exp(-gamma * p_true)
     if class_balance != "none":
@@ -617,16 +617,6 @@ def _afr_fit(
     weight = weight0.clone().requires_grad_(True)
     bias = bias0.clone().requires_grad_(fit_intercept)
     params = [weight, bias] if fit_intercept else [weight]
-    opt = torch.optim.LBFGS(
-        params,
-        lr=1.0,
-        max_iter=max_iter,
-        max_eval=2 * max_iter,
-        tolerance_grad=tol,
-        tolerance_change=1e-16,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
 
     def objective() -> Tensor:
         ce = F.cross_entropy(x @ weight.T + bias, y, reduction="none")
@@ -635,15 +625,7 @@ def _afr_fit(
             penalty = penalty + (bias - bias0).pow(2).sum()
         return (w * ce).sum() + l2 * penalty
 
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = objective()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    grads = torch.autograd.grad(objective(), params)
-    converged = max(float(g.abs().max()) for g in grads) <= max(1e3 * tol, 1e-7)
+    converged = minimise_lbfgs(objective, params, max_iter, tol) <= max(1e3 * tol, 1e-7)
     with torch.no_grad():
         weight, bias = weight.detach(), bias.detach()
         if l2 == 0.0:  # softmax is shift-invariant: return the zero-mean representative
@@ -732,7 +714,7 @@ def afr_head(
         raise ValueError(f"class_balance must be 'count', 'sum' or 'none', got {class_balance!r}")
     if int(max_iter) < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    x = _check_features(features)
+    x = check_features(features)
     n, d = x.shape
     if erm_logits is None and init_weight is None:
         raise ValueError("pass erm_logits (the ERM model's logits on features) or init_weight/init_bias (its head)")
@@ -743,7 +725,7 @@ def afr_head(
             raise ValueError(f"init_weight must have shape (K, {d}), got {tuple(init_weight.shape)}")
         k = init_weight.shape[0]
     if erm_logits is not None:
-        erm_logits = _check_features(erm_logits, "erm_logits")
+        erm_logits = check_features(erm_logits, "erm_logits")
         if erm_logits.shape[0] != n:
             raise ValueError(f"erm_logits has {erm_logits.shape[0]} rows but features has {n}; pass one row per sample")
         if k is not None and erm_logits.shape[1] != k:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -157,7 +157,7 @@ class BilevelResult:
 # ----------------------------------------------------------------------------------------------------------------
 # Validation helpers
 # ----------------------------------------------------------------------------------------------------------------
-def _check_features(features: Tensor, name: str = "features") -> Tensor:
+def check_features(features: Tensor, name: str = "features") -> Tensor:
     features = torch.as_tensor(features)
     if features.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (N, d) tensor, got shape {tuple(features.shape)}")
@@ -172,7 +172,7 @@ def _check_features(features: Tensor, name: str = "features") -> Tensor:
     return features
 
 
-def _check_targets(targets: Tensor, n: int, num_classes: int | None, name: str = "targets") -> tuple[Tensor, int]:
+def check_targets(targets: Tensor, n: int, num_classes: int | None, name: str = "targets") -> tuple[Tensor, int]:
     targets = torch.as_tensor(targets)
     if targets.ndim != 1 or targets.shape[0] != n or n == 0:
         raise ValueError(
@@ -340,7 +340,7 @@ def effective_dimension(features: Tensor, variance: float = 0.99) -> int:
     variance = float(variance)
     if not (0.0 < variance <= 1.0):
         raise ValueError(f"variance must be in (0, 1], got {variance}")
-    x = _check_features(features).to(torch.float64)
+    x = check_features(features).to(torch.float64)
     n, d = x.shape
     if n < 2:
         raise ValueError("effective_dimension needs at least 2 samples")
@@ -570,7 +570,7 @@ def downsample_weights(
         (4.0, [1.0, 1.0])
     """
     targets = torch.as_tensor(targets)
-    targets, k = _check_targets(targets, targets.shape[0] if targets.ndim else -1, num_classes)
+    targets, k = check_targets(targets, targets.shape[0] if targets.ndim else -1, num_classes)
     n = targets.shape[0]
     groups = _check_groups(groups, n)
     cells = targets if groups is None else groups * k + targets
@@ -626,15 +626,17 @@ def _fit_square(x: Tensor, targets: Tensor, w: Tensor, k: int, ridge: float, fit
     return torch.cholesky_solve(cross, chol)
 
 
-def _fit_ce(
-    x: Tensor, targets: Tensor, w: Tensor, k: int, ridge: float, fit_intercept: bool, max_iter: int, tol: float
-) -> Tensor:
-    """Full-batch L-BFGS from zeros on the weighted multinomial cross-entropy; returns ``(p, K)``."""
-    d = x.shape[1]
-    weight = torch.zeros(k, d, dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(k, dtype=torch.float64, requires_grad=fit_intercept)
-    scale = 1.0 / float(w.sum())  # same minimiser, better-scaled tolerances
-    params = [weight, bias] if fit_intercept else [weight]
+def minimise_lbfgs(objective: Callable[[], Tensor], params: list[Tensor], max_iter: int, tol: float) -> float:
+    """Minimise ``objective()`` over ``params`` by full-batch L-BFGS (strong Wolfe line search) to a gradient tolerance.
+
+    Returns the largest absolute gradient entry at the end, for a convergence check.
+
+    Example:
+        >>> x = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+        >>> gmax = minimise_lbfgs(lambda: ((x - 3.0) ** 2).sum(), [x], max_iter=50, tol=1e-10)
+        >>> x.detach().tolist(), gmax < 1e-8
+        ([3.0, 3.0], True)
+    """
     opt = torch.optim.LBFGS(
         params,
         lr=1.0,
@@ -646,11 +648,6 @@ def _fit_ce(
         line_search_fn="strong_wolfe",
     )
 
-    def objective() -> Tensor:
-        logits = x @ weight.T + bias
-        ce = F.cross_entropy(logits, targets, reduction="none")
-        return scale * ((w * ce).sum() + 0.5 * ridge * weight.pow(2).sum())
-
     def closure() -> Tensor:
         opt.zero_grad()
         loss = objective()
@@ -658,9 +655,26 @@ def _fit_ce(
         return loss
 
     opt.step(closure)
-    loss = objective()
-    grads = torch.autograd.grad(loss, params)
-    gmax = max(float(g.abs().max()) for g in grads)
+    grads = torch.autograd.grad(objective(), params)
+    return max(float(g.abs().max()) for g in grads)
+
+
+def _fit_ce(
+    x: Tensor, targets: Tensor, w: Tensor, k: int, ridge: float, fit_intercept: bool, max_iter: int, tol: float
+) -> Tensor:
+    """Full-batch L-BFGS from zeros on the weighted multinomial cross-entropy; returns ``(p, K)``."""
+    d = x.shape[1]
+    weight = torch.zeros(k, d, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(k, dtype=torch.float64, requires_grad=fit_intercept)
+    scale = 1.0 / float(w.sum())  # same minimiser, better-scaled tolerances
+    params = [weight, bias] if fit_intercept else [weight]
+
+    def objective() -> Tensor:
+        logits = x @ weight.T + bias
+        ce = F.cross_entropy(logits, targets, reduction="none")
+        return scale * ((w * ce).sum() + 0.5 * ridge * weight.pow(2).sum())
+
+    gmax = minimise_lbfgs(objective, params, max_iter, tol)
     if gmax > max(1e3 * tol, 1e-6):
         warnings.warn(
             f"cross-entropy head did not converge in max_iter={max_iter} L-BFGS iterations (max |grad| "
@@ -737,10 +751,10 @@ def fit_last_layer(
         raise ValueError(f"loss must be 'square' or 'ce', got {loss!r}")
     if loss == "ce" and int(max_iter) < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    x = _check_features(features)
+    x = check_features(features)
     out_dtype = x.dtype
     n, d = x.shape
-    y, k = _check_targets(targets, n, num_classes)
+    y, k = check_targets(targets, n, num_classes)
     if groups is not None:
         groups = _check_groups(groups, n)
     ridge = _check_ridge(ridge)
@@ -937,12 +951,12 @@ def bilevel_objective(
     """
     _check_bilevel_options(objective, val_loss, temperature)
     ridge = _check_ridge(ridge)
-    tx = _check_features(train_features, "train_features").to(torch.float64)
-    vx = _check_features(val_features, "val_features").to(torch.float64)
+    tx = check_features(train_features, "train_features").to(torch.float64)
+    vx = check_features(val_features, "val_features").to(torch.float64)
     if vx.shape[1] != tx.shape[1]:
         raise ValueError(f"val_features has {vx.shape[1]} features but train_features has {tx.shape[1]}")
-    ty, k = _check_targets(train_targets, tx.shape[0], num_classes, "train_targets")
-    vy, _ = _check_targets(val_targets, vx.shape[0], k, "val_targets")
+    ty, k = check_targets(train_targets, tx.shape[0], num_classes, "train_targets")
+    vy, _ = check_targets(val_targets, vx.shape[0], k, "val_targets")
     tg = _check_groups(train_groups, tx.shape[0])
     vg = _check_groups(val_groups, vx.shape[0])
     cells, num_cells, cell_class = _weight_cells(tuple(log_weights.shape), ty, tg, k)
@@ -1084,9 +1098,9 @@ def bilevel_weights(
     anchor = float(anchor)
     if math.isnan(anchor) or anchor < 0:
         raise ValueError(f"anchor must be >= 0 (0 switches the prior-ratio penalty off, inf pins it), got {anchor}")
-    x = _check_features(features).to(torch.float64)
+    x = check_features(features).to(torch.float64)
     n = x.shape[0]
-    y, k = _check_targets(targets, n, num_classes)
+    y, k = check_targets(targets, n, num_classes)
     g = _check_groups(groups, n)
     if per is None:
         per = "class" if g is None else "group_class"
@@ -1247,10 +1261,10 @@ def class_weights_for_mode(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     targets = torch.as_tensor(targets)
-    y, k = _check_targets(targets, targets.shape[0] if targets.ndim else -1, num_classes)
+    y, k = check_targets(targets, targets.shape[0] if targets.ndim else -1, num_classes)
     n = y.shape[0]
     if features is not None:
-        features = _check_features(features)
+        features = check_features(features)
         if features.shape[0] != n:
             raise ValueError(f"features has {features.shape[0]} rows but targets has {n}")
     if mode == "none":

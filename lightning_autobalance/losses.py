@@ -69,7 +69,8 @@ ExpansionMode = Literal["constant", "linear"]
 _Counts = Sequence[float] | Sequence[Sequence[float]] | Tensor
 
 
-def _as_counts(class_counts: Sequence[float] | Tensor, num_classes: int | None = None) -> Tensor:
+def as_counts(class_counts: Sequence[float] | Tensor, num_classes: int | None = None) -> Tensor:
+    """Validated per-class counts as a float64 vector (positive, one per class); errors name the problem."""
     counts = torch.as_tensor(class_counts, dtype=torch.float64)
     if counts.dim() != 1:
         raise ValueError(
@@ -84,7 +85,8 @@ def _as_counts(class_counts: Sequence[float] | Tensor, num_classes: int | None =
     return counts
 
 
-def _as_group_counts(group_counts: _Counts) -> Tensor:
+def as_group_counts(group_counts: _Counts) -> Tensor:
+    """Validated (group, class) counts as a float64 (G, K) table; errors name the problem."""
     counts = torch.as_tensor(group_counts, dtype=torch.float64)
     if counts.dim() != 2 or counts.shape[0] < 1 or counts.shape[1] < 2:
         raise ValueError(
@@ -198,7 +200,7 @@ def preset_values(
     """
     _check_preset_options(preset, tau, gamma, beta)
     raw = torch.as_tensor(class_counts, dtype=torch.float64)
-    counts = _as_group_counts(raw) if raw.dim() == 2 else _as_counts(raw)
+    counts = as_group_counts(raw) if raw.dim() == 2 else as_counts(raw)
     if preset != "ce" and (counts <= 0).any():
         if counts.dim() == 1:
             empty = [i for i, c in enumerate(counts.tolist()) if c <= 0]
@@ -252,7 +254,7 @@ def frequency_blocks(class_counts: Sequence[float] | Tensor, block_size: int) ->
     """
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive number of classes, got {block_size!r}.")
-    counts = _as_counts(class_counts)
+    counts = as_counts(class_counts)
     order = sorted(range(counts.numel()), key=lambda k: (-float(counts[k]), k))
     blocks = torch.empty(counts.numel(), dtype=torch.long)
     for rank, k in enumerate(order):
@@ -314,7 +316,8 @@ def check_inputs(
         )
 
 
-def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
+def reduce_loss(per_sample: Tensor, reduction: str) -> Tensor:
+    """Per-sample losses reduced by ``"mean"``, ``"sum"`` or ``"none"`` (the losses' ``reduction`` argument)."""
     if reduction == "none":
         return per_sample
     if reduction == "sum":
@@ -506,14 +509,14 @@ class ParametricCrossEntropy(nn.Module):
                 raise ValueError(
                     f"Preset {preset!r} needs the training counts: pass class_counts (K,) or group_counts (G, K)."
                 )
-            counts = _as_counts(class_counts)
+            counts = as_counts(class_counts)
             cells = counts
             groups = 1 if num_groups is None else num_groups
         else:
-            cells = _as_group_counts(group_counts)
+            cells = as_group_counts(group_counts)
             totals = cells.sum(0)
             if class_counts is not None:
-                counts = _as_counts(class_counts)
+                counts = as_counts(class_counts)
                 if counts.shape != totals.shape or not torch.allclose(counts, totals, rtol=1e-9, atol=0):
                     raise ValueError(
                         f"class_counts {counts.tolist()} differ from the class totals of group_counts "
@@ -778,7 +781,7 @@ class ParametricCrossEntropy(nn.Module):
         adjusted = self.adjusted_logits(logits, groups)
         per_sample = F.cross_entropy(adjusted, targets, reduction="none")
         weights = self.omega()[0 if groups is None else groups, targets]
-        return _reduce(weights * per_sample, reduction)
+        return reduce_loss(weights * per_sample, reduction)
 
     def _check_inputs(self, logits: Tensor, targets: Tensor, groups: Tensor | None) -> None:
         check_inputs(logits, targets, groups, self.num_classes, self.num_groups)
@@ -888,7 +891,7 @@ class ParametricCrossEntropy(nn.Module):
         if class_counts is None:
             keys = [(int(b), k) for k, b in enumerate(self.block_index.tolist())]
         else:
-            counts = _as_counts(class_counts, self.num_classes)
+            counts = as_counts(class_counts, self.num_classes)
             keys = [(-float(counts[k]), k) for k in range(self.num_classes)]
         order = sorted(range(self.num_classes), key=lambda k: keys[k])
         rank = torch.empty(self.num_classes, dtype=torch.long)
@@ -924,19 +927,19 @@ def make_loss(
         >>> [round(x, 4) for x in loss_fn.iota()[0].tolist()]
         [-0.1054, -2.3026]
     """
-    options = {key: _plain(value) for key, value in options.items()}
+    options = {key: plain_data(value) for key, value in options.items()}
     return ParametricCrossEntropy.from_preset(
         preset,
-        _plain(class_counts),  # type: ignore[arg-type]
-        group_counts=_plain(group_counts),  # type: ignore[arg-type]
+        plain_data(class_counts),  # type: ignore[arg-type]
+        group_counts=plain_data(group_counts),  # type: ignore[arg-type]
         **options,  # type: ignore[arg-type]
     )
 
 
-def _plain(value: object) -> object:
+def plain_data(value: object) -> object:
     """Turn config containers (e.g. OmegaConf ``ListConfig``) into plain lists; leave tensors and scalars alone."""
     if value is None or isinstance(value, (str, bytes, Tensor, np.ndarray, int, float)):
         return value
     if isinstance(value, Iterable):
-        return [_plain(item) for item in value]
+        return [plain_data(item) for item in value]
     return value
