@@ -732,7 +732,24 @@ class GroupErrors(GroupConfusionMetric):
         return _group_errors_from_counts(self.counts, per_class=self.per_class)
 
 
-class WorstGroupError(GroupConfusionMetric):
+class _GroupedConfusionMetric(GroupConfusionMetric):
+    """A :class:`GroupConfusionMetric` over groups of the ``over`` kind: (group, class) cells or sensitive groups."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_groups: int = 1,
+        *,
+        over: Over = "class_group",
+        validate_args: bool = True,
+        **kwargs: Any,
+    ):
+        _check_over(over)
+        super().__init__(num_classes, num_groups, validate_args=validate_args, **kwargs)
+        self.over = over
+
+
+class WorstGroupError(_GroupedConfusionMetric):
     r"""Worst-group error, where "group" is the sensitive-group index passed as ``groups``.
 
     * ``over="class_group"`` (default): the largest error over the non-empty (class, group) cells,
@@ -771,25 +788,12 @@ class WorstGroupError(GroupConfusionMetric):
 
     higher_is_better: bool | None = False
 
-    def __init__(
-        self,
-        num_classes: int,
-        num_groups: int = 1,
-        *,
-        over: Over = "class_group",
-        validate_args: bool = True,
-        **kwargs: Any,
-    ):
-        _check_over(over)
-        super().__init__(num_classes, num_groups, validate_args=validate_args, **kwargs)
-        self.over = over
-
     def compute(self) -> Tensor:
         """Return the worst-group error (a 0-d tensor)."""
         return _worst_group_error_from_counts(self.counts, over=self.over)
 
 
-class WorstGroupAccuracy(GroupConfusionMetric):
+class WorstGroupAccuracy(_GroupedConfusionMetric):
     r"""Worst-group accuracy, ``1 −`` :class:`WorstGroupError`: the accuracy of the worst group.
 
     What a "group" is depends on ``over``, as in :class:`WorstGroupError`:
@@ -831,25 +835,12 @@ class WorstGroupAccuracy(GroupConfusionMetric):
 
     higher_is_better: bool | None = True
 
-    def __init__(
-        self,
-        num_classes: int,
-        num_groups: int = 1,
-        *,
-        over: Over = "class_group",
-        validate_args: bool = True,
-        **kwargs: Any,
-    ):
-        _check_over(over)
-        super().__init__(num_classes, num_groups, validate_args=validate_args, **kwargs)
-        self.over = over
-
     def compute(self) -> Tensor:
         """Return the worst-group accuracy (a 0-d tensor)."""
         return _worst_group_accuracy_from_counts(self.counts, over=self.over)
 
 
-class MeanGroupAccuracy(GroupConfusionMetric):
+class MeanGroupAccuracy(_GroupedConfusionMetric):
     r"""Unweighted mean of the per-group accuracies ("mean group accuracy").
 
     * ``over="class_group"`` (default): the mean accuracy over the (sensitive group, class) cells that
@@ -882,19 +873,6 @@ class MeanGroupAccuracy(GroupConfusionMetric):
     """
 
     higher_is_better: bool | None = True
-
-    def __init__(
-        self,
-        num_classes: int,
-        num_groups: int = 1,
-        *,
-        over: Over = "class_group",
-        validate_args: bool = True,
-        **kwargs: Any,
-    ):
-        _check_over(over)
-        super().__init__(num_classes, num_groups, validate_args=validate_args, **kwargs)
-        self.over = over
 
     def compute(self) -> Tensor:
         """Return the mean group accuracy (a 0-d tensor)."""
