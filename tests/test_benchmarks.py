@@ -472,3 +472,50 @@ def test_search_cost_prints_both_settings_with_ratios(capsys):
     out = capsys.readouterr().out
     assert "## whole search phase: 3 epochs, warm-up 1" in out and "## steady state (no warm-up)" in out
     assert out.count("ratio search / plain: wall") == 2
+
+
+groups = _load("groups")
+
+
+def test_groups_report_bolds_the_best_row_and_lists_paired_differences():
+    def cells(values):
+        return {
+            s: {
+                "worst_group_accuracy": v,
+                "weighted_average_accuracy": 0.9,
+                "mean_group_accuracy": 0.8,
+                "accuracy": 0.8,
+            }
+            for s, v in enumerate(values)
+        }
+
+    table = {
+        "spurious_digits": {
+            "erm": {"group": cells([0.30, 0.32, 0.31]), "class": cells([0.30, 0.32, 0.31])},
+            "dfr": {"group": cells([0.80, 0.82, 0.84]), "class": cells([0.70, 0.75, 0.72])},
+        }
+    }
+    report = groups.format_report(table, [0, 1, 2], groups.SMOKE)
+    assert "## spurious digits" in report and "SpuriousMNIST1D" not in report
+    assert "| ERM | 31.0 ± 1.0 | 90.0 ± 0.0 | 80.0 ± 0.0 | 80.0 ± 0.0 | 3 |" in report
+    assert "| **DFR (sel. worst group)** | **82.0 ± 2.0** | 90.0 ± 0.0 |" in report
+    assert "| DFR (sel. worst class) | 72.3 ± 2.5 |" in report
+    assert "minus the best (DFR (sel. worst group))" in report
+    assert "| ERM | -51.0 | [-55.3, -46.7] | 3 |" in report  # −50, −50, −53: −51 ± t(2)·√3/√3 = ±4.30
+    assert report.count("| ERM |") == 2  # no selection row for ERM: once in the table, once in the differences
+
+
+@pytest.mark.slow
+def test_groups_smoke_run_reports_every_method_on_both_data_sets(tmp_path):
+    work, results = tmp_path / "work", tmp_path / "results"
+    assert groups.main(["--smoke", "--work", str(work), "--results", str(results)]) == 0
+    report = (results / "groups_smoke.md").read_text()
+    summary = json.loads((results / "groups_smoke.json").read_text())
+    assert (results / "groups_smoke.png").stat().st_size > 0
+    for data in groups.DATASETS:
+        assert f"## {groups.DATA_LABELS[data]}" in report
+        assert set(summary["table"][data]) == set(groups.METHODS)
+        section = report.split(f"## {groups.DATA_LABELS[data]}")[1].split("Paired difference")[0]
+        for method in groups.METHODS:
+            assert f"| {groups.LABELS[method]}" in section or f"| **{groups.LABELS[method]}" in section
+        assert (work / data / "erm" / "seed0" / "erm.pt").exists()
