@@ -57,6 +57,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.lab import run_logged  # noqa: E402
+from benchmarks.paper_scale import mean_std, paired_difference  # noqa: E402
 from lightning_autobalance.learned_loss import write_text_atomic  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -356,17 +358,9 @@ def run_job(spec: tuple[str, str, int, dict[str, Any], str]) -> tuple[str, float
     """Worker: one (data, method, seed) job with its output in ``job.log``; returns (name, seconds, error)."""
     data, method, seed, sizes, work = spec
     out = job_dir(Path(work), data, method, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    name = f"{data}/{method}/seed{seed}"
     start = time.perf_counter()
-    log = open(out / "job.log", "w")  # noqa: SIM115 (held across the dup2)
-    saved = os.dup(1), os.dup(2)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(log.fileno(), 1)
-    os.dup2(log.fileno(), 2)
-    error = None
-    try:
+
+    def body() -> None:
         import warnings
 
         from lightning_autobalance.cli import quiet_lightning
@@ -378,18 +372,9 @@ def run_job(spec: tuple[str, str, int, dict[str, Any], str]) -> tuple[str, float
         record = {"data": data, "method": method, "seed": seed, "sizes": sizes, "result": result}
         record["seconds"] = round(time.perf_counter() - start, 1)
         write_text_atomic(out / "result.json", json.dumps(record, indent=1) + "\n")
-    except Exception as exc:
-        import traceback
 
-        traceback.print_exc()
-        error = f"{type(exc).__name__}: {exc}"
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        log.close()
-    return name, time.perf_counter() - start, error
+    seconds, error = run_logged(out, body)
+    return f"{data}/{method}/seed{seed}", seconds, error
 
 
 def run_jobs(specs: Sequence[tuple[str, str, int, dict[str, Any], str]], processes: int) -> list[str]:
@@ -446,30 +431,6 @@ def collect(work: Path, datasets: Sequence[str], methods: Sequence[str], seeds: 
                     table.setdefault(data, {}).setdefault(method, {}).setdefault(rule, {})[seed] = cell
                 seconds.setdefault(data, {}).setdefault(method, {})[seed] = record["seconds"]
     return {"table": table, "seconds": seconds}
-
-
-def paired_difference(
-    a: Mapping[int, Mapping[str, float]], b: Mapping[int, Mapping[str, float]], metric: str = "worst_group_accuracy"
-) -> dict[str, Any]:
-    """Mean of a − b (``metric``, points) over the common seeds, with its 95% t-interval."""
-    from scipy import stats
-
-    seeds = sorted(set(a) & set(b))
-    diffs = [100 * (a[s][metric] - b[s][metric]) for s in seeds]
-    n = len(diffs)
-    mean = sum(diffs) / n if n else math.nan
-    if n < 2:
-        return {"mean": mean, "low": math.nan, "high": math.nan, "n": n}
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
-
-
-def mean_std(cells: Mapping[int, Mapping[str, float]], metric: str) -> tuple[float, float]:
-    values = [100 * c[metric] for c in cells.values()]
-    mean = sum(values) / len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
-    return mean, sd
 
 
 def _has_selection(table: Mapping[str, Any], method: str) -> bool:
@@ -540,7 +501,7 @@ def format_report(table: Mapping[str, Any], seeds: Sequence[int], sizes: Mapping
         for method, rule in rows(table, data):
             if (method, rule) == best:
                 continue
-            d = paired_difference(table[data][method][rule], table[data][best[0]][best[1]])
+            d = paired_difference(table[data][method][rule], table[data][best[0]][best[1]], "worst_group_accuracy")
             lines.append(
                 f"| {row_label(method, rule)} | {d['mean']:+.1f} | [{d['low']:+.1f}, {d['high']:+.1f}] | {d['n']} |"
             )

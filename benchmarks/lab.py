@@ -61,16 +61,11 @@ def job_outputs(work: Path, job: Job) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _run_one(job: Job, work: str) -> tuple[str, float, str | None]:
-    """Worker: run one job with stdout/stderr in its log; returns (name, seconds, error or None)."""
-    import torch  # noqa: F401  (imported once per worker)
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+def run_logged(out: Path, body: Callable[[], None]) -> tuple[float, str | None]:
+    """Call ``body()`` with this process's stdout / stderr in ``out/job.log``; returns (seconds, error or None).
 
-    from lightning_autobalance.cli import run
-    from lightning_autobalance.learned_loss import write_text_atomic
-
-    out = Path(work) / job.name
+    An exception is logged with its traceback and returned as a one-line error, so a failed job never stops the others.
+    """
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     log = open(out / "job.log", "w")  # noqa: SIM115 (held across the dup2)
@@ -81,13 +76,7 @@ def _run_one(job: Job, work: str) -> tuple[str, float, str | None]:
     os.dup2(log.fileno(), 2)
     error = None
     try:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = compose("config", overrides=list(job.overrides))
-        results = run(cfg, out)
-        record = {"name": job.name, "overrides": list(job.overrides), "results": results}
-        record["seconds"] = round(time.perf_counter() - start, 1)
-        write_text_atomic(out / "job.json", json.dumps(record, indent=1) + "\n")
+        body()
     except Exception as exc:
         import traceback
 
@@ -99,7 +88,32 @@ def _run_one(job: Job, work: str) -> tuple[str, float, str | None]:
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         log.close()
-    return job.name, time.perf_counter() - start, error
+    return time.perf_counter() - start, error
+
+
+def _run_one(job: Job, work: str) -> tuple[str, float, str | None]:
+    """Worker: run one job with stdout/stderr in its log; returns (name, seconds, error or None)."""
+    import torch  # noqa: F401  (imported once per worker)
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lightning_autobalance.cli import run
+    from lightning_autobalance.learned_loss import write_text_atomic
+
+    out = Path(work) / job.name
+    start = time.perf_counter()
+
+    def body() -> None:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=list(job.overrides))
+        results = run(cfg, out)
+        record = {"name": job.name, "overrides": list(job.overrides), "results": results}
+        record["seconds"] = round(time.perf_counter() - start, 1)
+        write_text_atomic(out / "job.json", json.dumps(record, indent=1) + "\n")
+
+    seconds, error = run_logged(out, body)
+    return job.name, seconds, error
 
 
 def run_jobs(jobs: Sequence[Job], work: Path, processes: int = 2, progress: Callable[[str], None] = print) -> list[str]:

@@ -136,12 +136,14 @@ def collect(work: Path, jobs: Sequence[Job]) -> dict[str, dict[str, dict[int, di
     return table
 
 
-def paired_difference(a: Mapping[int, Mapping[str, float]], b: Mapping[int, Mapping[str, float]]) -> dict[str, Any]:
-    """Mean of a − b (balanced error, points) over the common seeds, with its 95% t-interval."""
+def paired_difference(
+    a: Mapping[int, Mapping[str, float]], b: Mapping[int, Mapping[str, float]], metric: str = "balanced_error"
+) -> dict[str, Any]:
+    """Mean of a − b (``metric``, points) over the common seeds, with its 95% t-interval."""
     from scipy import stats
 
     seeds = sorted(set(a) & set(b))
-    diffs = [100 * (a[s]["balanced_error"] - b[s]["balanced_error"]) for s in seeds]
+    diffs = [100 * (a[s][metric] - b[s][metric]) for s in seeds]
     n = len(diffs)
     mean = sum(diffs) / n if n else math.nan
     if n < 2:
