@@ -21,7 +21,7 @@ from torch import Tensor
 from torch._dynamo import OptimizedModule  # what torch.compile(module) returns (Lightning imports it so too)
 from torch.optim import Optimizer
 
-from lightning_autobalance.data.split import HeldOutSplit, resolve_seed
+from lightning_autobalance.data.split import HeldOutSplit, check_seed, resolve_seed
 from lightning_autobalance.hypergrad import LinearSolver
 from lightning_autobalance.hyperstep import HyperStepContext, HyperStepEngine, LastLayer, make_engine
 from lightning_autobalance.learned_loss import load_loss, loss_to_dict, save_loss
@@ -215,8 +215,7 @@ class AutoBalance(Callback):
         self.solver = solver
         self.engine: HyperStepEngine = make_engine(engine, solver, cache_size=train_batches)
         self.export_path = None if export_path is None else Path(export_path)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"seed must be an integer or None (follow seed_everything), got {seed!r}.")
+        check_seed("AutoBalance", seed)
         self.seed = seed  # None: resolved at setup from seed_everything's seed (or 0)
         self.check_sync = check_sync
         self.max_hypergrad_norm = None if max_hypergrad_norm is None else float(max_hypergrad_norm)

@@ -28,6 +28,7 @@ training set. The training order is fixed by ``(seed, epoch)`` and sharded under
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -39,17 +40,18 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_autobalance.data.labels import dataset_labels, group_class_counts
-from lightning_autobalance.data.split import _ResumableLoader, _ResumableSampler, resolve_seed
+from lightning_autobalance.data.split import (
+    ResumableLoader,
+    ResumableSampler,
+    check_resumed_seed,
+    check_seed,
+    resolve_seed,
+)
 
 __all__ = ["GroupBalancedSubsample", "Upsample", "balanced_subsample_indices"]
 
 Over = Literal["class_group", "group"]
 _PASSED_THROUGH = ("val_dataloader", "test_dataloader", "predict_dataloader", "heldout_dataloader")
-
-
-def _check_seed(owner: str, seed: Any) -> None:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"{owner} seed must be an integer or None (follow seed_everything), got {seed!r}.")
 
 
 def balanced_subsample_indices(
@@ -118,7 +120,7 @@ def balanced_subsample_indices(
     return torch.cat(chosen).sort().values
 
 
-class _TrainingResample(pl.LightningDataModule):
+class _TrainingResample(pl.LightningDataModule, ABC):
     """A datamodule whose training set is a resampling (``train_indices``) of the wrapped datamodule's."""
 
     def __init__(self, datamodule: pl.LightningDataModule, seed: int | None) -> None:
@@ -126,7 +128,7 @@ class _TrainingResample(pl.LightningDataModule):
         name = type(self).__name__
         if not isinstance(datamodule, pl.LightningDataModule):
             raise TypeError(f"{name} wraps a LightningDataModule, got {type(datamodule).__name__}.")
-        _check_seed(name, seed)
+        check_seed(name, seed)
         self.datamodule, self.seed = datamodule, seed
         self.run_seed = 0 if seed is None else seed  # resolved at setup
         self._template: DataLoader | None = None
@@ -139,8 +141,9 @@ class _TrainingResample(pl.LightningDataModule):
             elif hook != "heldout_dataloader" and is_overridden(hook, datamodule):
                 setattr(self, hook, getattr(datamodule, hook))
 
+    @abstractmethod
     def _choose(self, targets: Tensor, groups: Tensor | None) -> Tensor:
-        raise NotImplementedError
+        """Indices (into the wrapped training set, repeats allowed) of this resample's training set."""
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
@@ -188,8 +191,8 @@ class _TrainingResample(pl.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}.setup('fit') must run before its train loader is used.")
         template, trainer = self._template, self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = _ResumableSampler(self.train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.run_seed)
-        loader = _ResumableLoader(
+        sampler = ResumableSampler(self.train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.run_seed)
+        loader = ResumableLoader(
             self.train_dataset,
             batch_size=template.batch_size,
             sampler=sampler,
@@ -210,13 +213,8 @@ class _TrainingResample(pl.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Refuse to resume on another resample than the checkpoint's; restore the wrapped datamodule's state."""
-        saved = state_dict.get("seed")
-        if saved is not None and self._template is not None and int(saved) != self.run_seed:
-            name = type(self).__name__
-            raise ValueError(
-                f"The checkpoint was trained on the {name} of seed {saved}, but this run drew it with seed "
-                f"{self.run_seed}: resume with {name}(..., seed={saved}) or the same seed_everything({saved})."
-            )
+        if self._template is not None:
+            check_resumed_seed(type(self).__name__, state_dict.get("seed"), self.run_seed)
         if state_dict.get("wrapped"):
             self.datamodule.load_state_dict(state_dict["wrapped"])
 

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from lightning_autobalance.data.labels import dataset_labels, group_class_counts
 
-__all__ = ["HeldOutSplit", "resolve_seed", "stratified_split"]
+__all__ = ["HeldOutSplit", "check_resumed_seed", "check_seed", "resolve_seed", "stratified_split"]
 
 
 def stratified_split(targets: Tensor, groups: Tensor | None, fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -60,7 +60,7 @@ def stratified_split(targets: Tensor, groups: Tensor | None, fraction: float, se
     return torch.cat(train).sort().values, torch.cat(held_out).sort().values
 
 
-class _ResumableSampler(DistributedSampler):
+class ResumableSampler(DistributedSampler):
     """A :class:`DistributedSampler` that can start its next epoch after the samples a checkpoint says were trained."""
 
     resume: tuple[int, int] | None = None  # (epoch, samples already trained in it)
@@ -73,7 +73,7 @@ class _ResumableSampler(DistributedSampler):
         return iter(indices)
 
 
-class _ResumableLoader(DataLoader):
+class ResumableLoader(DataLoader):
     """The train loader, with its position in the epoch saved in checkpoints (Lightning's loader ``state_dict``).
 
     A run resumed from a mid-epoch checkpoint then continues with the next batch of the same ``(seed, epoch)`` order,
@@ -105,6 +105,28 @@ def resolve_seed(seed: int | None) -> int:
     if seed is not None:
         return int(seed)
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+def check_seed(owner: str, seed: object) -> None:
+    """Refuse a seed that is neither an integer nor None (None follows ``seed_everything``, see :func:`resolve_seed`).
+
+    Example:
+        >>> check_seed("HeldOutSplit", "abc")
+        Traceback (most recent call last):
+        ...
+        TypeError: HeldOutSplit seed must be an integer or None (follow seed_everything), got 'abc'.
+    """
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"{owner} seed must be an integer or None (follow seed_everything), got {seed!r}.")
+
+
+def check_resumed_seed(owner: str, saved: object, current: int) -> None:
+    """Refuse to resume from a checkpoint whose ``owner`` drew its samples with another seed than this run's."""
+    if saved is not None and int(saved) != current:  # type: ignore[call-overload]
+        raise ValueError(
+            f"The checkpoint was trained on the {owner} of seed {saved}, but this run drew it with seed {current}: "
+            f"resume with {owner}(..., seed={saved}) or the same seed_everything({saved})."
+        )
 
 
 class HeldOutSplit(pl.LightningDataModule):
@@ -144,8 +166,7 @@ class HeldOutSplit(pl.LightningDataModule):
             raise TypeError(f"HeldOutSplit wraps a LightningDataModule, got {type(datamodule).__name__}.")
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"The held-out fraction must lie strictly between 0 and 1, got {fraction}: e.g. 0.2.")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"HeldOutSplit seed must be an integer or None (follow seed_everything), got {seed!r}.")
+        check_seed("HeldOutSplit", seed)
         self.datamodule, self.fraction, self.seed, self.num_classes = datamodule, fraction, seed, num_classes
         self.run_seed = 0 if seed is None else seed  # resolved when the split is built
         self._template: DataLoader | None = None
@@ -194,12 +215,8 @@ class HeldOutSplit(pl.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Refuse to resume on another split than the checkpoint's (the held-out data would leak into training)."""
-        saved = state_dict.get("seed")
-        if saved is not None and self._template is not None and int(saved) != self.run_seed:
-            raise ValueError(
-                f"The checkpoint was trained on the HeldOutSplit of seed {saved}, but this run built it with seed "
-                f"{self.run_seed}: resume with HeldOutSplit(seed={saved}) or the same seed_everything({saved})."
-            )
+        if self._template is not None:
+            check_resumed_seed("HeldOutSplit", state_dict.get("seed"), self.run_seed)
 
     def _require_setup(self) -> DataLoader:
         if self._template is None:
@@ -215,8 +232,8 @@ class HeldOutSplit(pl.LightningDataModule):
             # batches equal a single process's batches of world_size × batch_size.
             trainer = self.trainer
             world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-            sampler = _ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.run_seed)
-        loader = (_ResumableLoader if shuffle else DataLoader)(
+            sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.run_seed)
+        loader = (ResumableLoader if shuffle else DataLoader)(
             dataset,
             batch_size=template.batch_size,
             sampler=sampler,
@@ -226,7 +243,7 @@ class HeldOutSplit(pl.LightningDataModule):
             drop_last=template.drop_last if shuffle else False,
             persistent_workers=template.persistent_workers,
         )
-        if isinstance(loader, _ResumableLoader):
+        if isinstance(loader, ResumableLoader):
             loader.split = self
         return loader
 
