@@ -24,7 +24,7 @@ from torch.optim import Optimizer
 from lightning_autobalance.data.split import HeldOutSplit, check_seed, resolve_seed
 from lightning_autobalance.hypergrad import LinearSolver
 from lightning_autobalance.hyperstep import HyperStepContext, HyperStepEngine, LastLayer, make_engine
-from lightning_autobalance.learned_loss import load_loss, loss_to_dict, save_loss
+from lightning_autobalance.learned_loss import load_loss, save_loss
 from lightning_autobalance.losses import HPARAM_KINDS, PRESETS, ParametricCrossEntropy
 from lightning_autobalance.mixin import AutoBalanceMixin
 from lightning_autobalance.objectives import Objective, balanced_cross_entropy, get_objective
@@ -638,8 +638,6 @@ class AutoBalance(Callback):
             "clipped_steps": self.clipped_steps,
             "last_step": self._last_step,
             "seed": self.run_seed,
-            # the same description as the exported YAML file: load_loss(checkpoint) reads α out of any checkpoint
-            "loss_file": loss_to_dict(self.loss, {"hyper_steps": self.hyper_steps, "from_checkpoint": True}),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

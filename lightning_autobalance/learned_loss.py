@@ -122,7 +122,7 @@ def _read_yaml(path: Path) -> Any:
 
 
 def _read_checkpoint(path: Path, weights_only: bool) -> dict[str, Any]:
-    """The learned-loss description that the AutoBalance callback (or the mixin) stores in a Lightning checkpoint."""
+    """The learned-loss description that :class:`AutoBalanceMixin` stores in every checkpoint of its module."""
     if not path.exists():
         raise LearnedLossError(f"No checkpoint at {path}: fix the path.")
     try:  # weights_only: plain tensors and containers, never arbitrary objects
@@ -136,20 +136,14 @@ def _read_checkpoint(path: Path, weights_only: bool) -> dict[str, Any]:
             else ""
         )
         raise LearnedLossError(f"{path} could not be read as a Lightning checkpoint: {error}{advice}") from None
-    states = [
-        state["loss_file"]
-        for key, state in (checkpoint.get("callbacks") or {}).items()
-        if str(key).startswith("AutoBalance") and isinstance(state, dict) and "loss_file" in state
-    ]
-    if not states and isinstance(checkpoint.get(CHECKPOINT_KEY), dict):
-        return checkpoint[CHECKPOINT_KEY]  # a model trained with a (learned) loss but no callback: the mixin's copy
-    if len(states) != 1:
-        found = "no AutoBalance state" if not states else f"{len(states)} AutoBalance callbacks"
+    data = checkpoint.get(CHECKPOINT_KEY)
+    if not isinstance(data, dict):
         raise LearnedLossError(
-            f"{path} holds {found} with a learned loss: pass a checkpoint written during an AutoBalance search "
-            "(lightning-autobalance ≥ 0.1.0, one AutoBalance callback), or the exported autobalance_loss.yaml."
+            f"{path} holds no AutoBalance state with a learned loss: pass a checkpoint of an AutoBalanceMixin module "
+            "trained with a ParametricCrossEntropy loss (a search, or a retrain with a learned loss), or the exported "
+            "autobalance_loss.yaml."
         )
-    return states[0]
+    return data
 
 
 def load_loss(
@@ -163,7 +157,7 @@ def load_loss(
     """Read a learned loss written by :func:`save_loss`, or the one held by a checkpoint of an AutoBalance search.
 
     A Lightning checkpoint (``.ckpt``: any of them, e.g. ModelCheckpoint's best, not only the last) carries the α of
-    its step in the AutoBalance callback's state, in the same description as the YAML file.
+    its step (AutoBalanceMixin saves its loss in every checkpoint of the module), described as in the YAML file.
 
     The file records everything that defines the loss: the raw parameters of Δ, ι, ω, σ and m (shape (G, blocks)), the
     block of every class, the number of groups and classes, the Δ parameterisation and ``delta_max``, and which kinds
