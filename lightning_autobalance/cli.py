@@ -9,7 +9,17 @@ long-tailed MNIST-1D by default:
    to ``autobalance_loss.yaml``;
 3. ``retrain`` — a fresh model trained on all training data with the learned loss frozen;
 
-then reports one table (balanced, worst-class and overall test error of CE and AutoBalance) and the learned per-class
+and, when ``phases`` lists them, the group-robustness baselines:
+
+4. ``jtt`` — "Just Train Twice" (:func:`~lightning_autobalance.jtt.jtt`): an ERM model for ``jtt.stage1_epochs``,
+   then a fresh model with its misclassified training samples up-sampled ``jtt.upweight`` times;
+5. ``llr`` — a model with the ``loss`` group's loss on the train part of the held-out split, its last layer refit on
+   the held-out part by the ``llr`` group (:class:`~lightning_autobalance.last_layer.LastLayerRetraining`: Thumb
+   weights by default, ``llr=dfr`` or ``llr=afr``);
+
+(``resample=group_subsample`` trains the baseline phase on a group-balanced subsample, ``loss=group_weighted`` and
+``loss=group_dro`` choose the re-weighting and Group DRO baselines), then reports one table (balanced, worst-class and
+overall test error of every trained model; with groups also worst-group error) and the learned per-class
 Δ and ι, and writes ``results.md``, ``results.json``, ``per_class.png`` and ``alpha_trajectory.png`` (α per class
 against the hyper-step, drawn from the search phase's CSV log) into the Hydra run directory. ``main`` returns the
 search model's balanced error on the held-out split, the value Hydra sweepers minimise.
@@ -48,6 +58,8 @@ from lightning_autobalance.callback import AutoBalance
 from lightning_autobalance.classifier import ImbalancedClassifier
 from lightning_autobalance.cli_checks import check_config, check_datamodule, check_plugins
 from lightning_autobalance.data.split import HeldOutSplit
+from lightning_autobalance.jtt import jtt
+from lightning_autobalance.last_layer import LastLayerRetraining
 from lightning_autobalance.launch import HydraJobDDPStrategy, finish_ddp_job
 from lightning_autobalance.learned_loss import load_loss, write_text_atomic
 from lightning_autobalance.losses import ParametricCrossEntropy
@@ -244,11 +256,19 @@ COLUMNS = {
 }
 
 
-def baseline_label(cfg: DictConfig) -> str:
-    """Table label of the baseline loss, e.g. ``CE``, ``LA``, ``LDAM``."""
+def loss_label(cfg: DictConfig) -> str:
+    """Table label of the ``loss`` group's loss, e.g. ``CE``, ``LA``, ``LDAM-DRW``, ``GROUP-DRO``."""
     name = cfg.loss.get("preset") or cfg.loss.get("name") or "baseline"
     label = str(name).upper().replace("_", "-")
     return f"{label}-DRW" if cfg.loss.get("drw_epoch") is not None else label
+
+
+def baseline_label(cfg: DictConfig) -> str:
+    """Table label of the baseline phase, e.g. ``CE``, ``LA``, ``CE + group-balanced subsample``."""
+    resample = cfg.get("resample")
+    if resample is None:
+        return loss_label(cfg)
+    return f"{loss_label(cfg)} + {'group' if resample.get('over') == 'group' else 'group-balanced'} subsample"
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
@@ -345,14 +365,28 @@ def _run(cfg: DictConfig, out: Path) -> dict[str, Any]:
     search_metrics: Path | None = None  # the search phase's CSV log, for the α trajectory plot
 
     if "baseline" in phases:
-        _say("phase baseline: training with the %s loss for %d epochs", baseline_label(cfg), cfg.train.max_epochs)
+        data, loss_counts, group_counts = datamodule, counts, getattr(datamodule, "group_class_counts", None)
+        subsample = ""
+        if cfg.get("resample") is not None:  # the loss sees the counts of the subsample it trains on
+            data = instantiate(cfg.resample)(datamodule, seed=cfg.seed)
+            data.setup("fit")
+            loss_counts = data.class_counts.tolist()
+            group_counts = data.group_class_counts if num_groups > 1 else None
+            subsample = (
+                f" on a subsample of {sum(loss_counts)} training samples (cells {data.group_class_counts.tolist()})"
+            )
+        _say(
+            "phase baseline: training with the %s loss for %d epochs%s",
+            loss_label(cfg),
+            cfg.train.max_epochs,
+            subsample,
+        )
         clock = _start_clock()
         pl.seed_everything(cfg.seed, workers=True)
         model = _model(cfg, num_classes, num_groups)
-        group_counts = getattr(datamodule, "group_class_counts", None)
-        model.autobalance_loss = instantiate(cfg.loss)(class_counts=counts, group_counts=group_counts)
+        model.autobalance_loss = instantiate(cfg.loss)(class_counts=loss_counts, group_counts=group_counts)
         trainer = _trainer(cfg, out, "baseline", cfg.train.max_epochs)
-        trainer.fit(model, datamodule=datamodule)
+        trainer.fit(model, datamodule=data)
         timings["baseline"] = _stop_clock(clock)
         results[baseline_label(cfg)] = test_report(model, datamodule.test_dataloader(), num_classes, num_groups)
         _done("baseline", timings["baseline"], results[baseline_label(cfg)])
@@ -415,6 +449,11 @@ def _run(cfg: DictConfig, out: Path) -> dict[str, Any]:
         if keep_logits:
             save_logits(model, {"test": datamodule.test_dataloader()}, out / "logits_retrain.npz")
 
+    if "jtt" in phases:
+        trainer = _jtt_phase(cfg, out, datamodule, results, timings, keep_logits)
+    if "llr" in phases:
+        trainer = _llr_phase(cfg, out, datamodule, results, timings, keep_logits)
+
     if trainer is not None and not trainer.is_global_zero:
         return results  # a DDP worker: rank zero reports
     report = "## Test errors\n\n" + format_table(results)
@@ -432,6 +471,93 @@ def _run(cfg: DictConfig, out: Path) -> dict[str, Any]:
             log.warning("No alpha_trajectory.png: %s", exc)
     log.info("\n%s\n\nWritten to %s\n", report, out)
     return results
+
+
+def _jtt_phase(
+    cfg: DictConfig,
+    out: Path,
+    datamodule: pl.LightningDataModule,
+    results: dict[str, dict[str, Any]],
+    timings: dict[str, dict[str, float]],
+    keep_logits: bool,
+) -> pl.Trainer:
+    """JTT on all training data: stage 1 (``jtt.stage1_epochs``, log ``jtt_stage1``), stage 2 (``train.max_epochs``)."""
+    stage1_epochs, upweight = int(cfg.jtt.stage1_epochs), int(cfg.jtt.upweight)
+    _say(
+        "phase jtt: ERM for %d epochs, then a fresh model for %d epochs with its training errors up-sampled %d×",
+        stage1_epochs, cfg.train.max_epochs, upweight,
+    )  # fmt: skip
+    num_classes, num_groups = int(datamodule.num_classes), int(getattr(datamodule, "num_groups", 1))
+    clock = _start_clock()
+    pl.seed_everything(cfg.seed, workers=True)
+    trainers: list[pl.Trainer] = []
+
+    def trainer_factory(max_epochs: int) -> pl.Trainer:
+        trainers.append(_trainer(cfg, out, "jtt_stage1" if not trainers else "jtt", max_epochs))
+        return trainers[-1]
+
+    model, report = jtt(
+        lambda: _model(cfg, num_classes, num_groups),
+        datamodule,
+        stage1_epochs=stage1_epochs,
+        upweight=upweight,
+        trainer_factory=trainer_factory,
+        epochs=int(cfg.train.max_epochs),
+        seed=int(cfg.seed),
+    )
+    timings["jtt"] = _stop_clock(clock)
+    results["JTT"] = test_report(model, datamodule.test_dataloader(), num_classes, num_groups)
+    results["JTT"]["error_set_size"] = int(report.error_set.numel())
+    _done("jtt", timings["jtt"], results["JTT"], f", error set {report.error_set.numel()} of {report.num_train}")
+    if keep_logits:
+        save_logits(model, {"test": datamodule.test_dataloader()}, out / "logits_jtt.npz")
+    return trainers[-1]
+
+
+def _llr_phase(
+    cfg: DictConfig,
+    out: Path,
+    datamodule: pl.LightningDataModule,
+    results: dict[str, dict[str, Any]],
+    timings: dict[str, dict[str, float]],
+    keep_logits: bool,
+) -> pl.Trainer:
+    """A model with the ``loss`` group's loss on the split's train part, its last layer refit by the ``llr`` group."""
+    callback: LastLayerRetraining = instantiate(cfg.llr)
+    _say(
+        "phase llr: training with the %s loss for %d epochs on the train part of a %.0f %% held-out split, then the "
+        "last layer refit (mode %s) on the %s data", loss_label(cfg), cfg.train.max_epochs,
+        100 * cfg.search.heldout_fraction, callback.mode, callback.dataloader,
+    )  # fmt: skip
+    num_classes, num_groups = int(datamodule.num_classes), int(getattr(datamodule, "num_groups", 1))
+    clock = _start_clock()
+    pl.seed_everything(cfg.seed, workers=True)
+    split = HeldOutSplit(datamodule, fraction=cfg.search.heldout_fraction, seed=cfg.seed, num_classes=num_classes)
+    split.setup("fit")
+    model = _model(cfg, num_classes, num_groups)
+    group_counts = split.group_class_counts if num_groups > 1 else None
+    model.autobalance_loss = instantiate(cfg.loss)(class_counts=split.class_counts.tolist(), group_counts=group_counts)
+    trainer = _trainer(cfg, out, "llr", cfg.train.max_epochs, [callback])
+    trainer.fit(model, datamodule=split)
+    timings["llr"] = _stop_clock(clock)
+    label = f"{loss_label(cfg)} + last layer ({callback.mode})"
+    results[label] = test_report(model, datamodule.test_dataloader(), num_classes, num_groups)
+    assert callback.report is not None  # set by on_train_end on every rank
+    metrics = callback.report.metrics
+    chosen = {
+        k.rsplit("/", 1)[-1]: v for k, v in metrics.items() if k.startswith(f"{callback.prefix}/{callback.mode}/")
+    }
+    results[label]["llr"] = {
+        "retraining_set": callback.dataloader,
+        "retraining_samples": int(metrics[f"{callback.prefix}/num_samples"]),
+        **chosen,
+    }
+    extra = f", refit on {results[label]['llr']['retraining_samples']} {callback.dataloader} samples"
+    extra += "".join(f", {name} {value:g}" for name, value in chosen.items() if name != "selection_score")
+    _done("llr", timings["llr"], results[label], extra)
+    if keep_logits:
+        save_logits(model, {"test": datamodule.test_dataloader()}, out / "logits_llr.npz")
+    return trainer
 
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="config")

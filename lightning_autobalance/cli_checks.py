@@ -11,8 +11,10 @@ Choices recorded here:
 * ``+trainer.max_epochs`` / ``+trainer.callbacks`` / ``+trainer.logger`` / ``+trainer.default_root_dir`` are rejected
   (not merged): the app sets them per phase (``train.max_epochs`` for baseline and retrain, ``search.max_epochs`` for
   the search; the AutoBalance callback; one CSV log per phase under the run directory).
-* ``+llr=...`` is rejected: the app does not run last-layer retraining (``conf/llr`` configures the
-  :class:`~lightning_autobalance.last_layer.LastLayerRetraining` callback for a Trainer of your own).
+* The ``llr`` phase refits the last layer on ``llr.dataloader`` = ``heldout`` (the split the app makes) or ``val``
+  (the datamodule's validation set, which it must have); ``train`` (the backbone's own training data) and ``test``
+  (selection on the test set) are refused. ``resample`` changes the baseline phase's training set only, so it needs
+  the baseline phase.
 * Input kinds: a model or data class may declare ``input_kind = "sequence"`` or ``"image"`` (class attribute); the
   package's own models and datamodules are listed in :data:`INPUT_KINDS`. Unknown classes are not checked.
 """
@@ -29,7 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["INPUT_KINDS", "check_config", "check_datamodule", "check_plugins"]
 
-PHASES = ("baseline", "search", "retrain")
+PHASES = ("baseline", "search", "retrain", "jtt", "llr")
+LLR_LOADERS = ("heldout", "val")  # the llr phase's retraining sets
 
 # `_target_` of the package's models and datamodules → the inputs they take / yield. A class of your own can declare
 # a class attribute `input_kind` instead.
@@ -57,7 +60,8 @@ _MODEL_FOR = {"sequence": "model=mnist1d_cnn", "image": "model=resnet18 (or resn
 
 # Trainer arguments the app sets itself in every phase, and what to use instead.
 _TRAINER_OWNED = {
-    "max_epochs": "use train.max_epochs (baseline and retrain phases) and search.max_epochs (search phase)",
+    "max_epochs": "use train.max_epochs (baseline, retrain, llr, JTT's stage 2), search.max_epochs (search phase) and "
+    "jtt.stage1_epochs",
     "callbacks": "drop +trainer.callbacks (the search phase adds the AutoBalance callback itself)",
     "logger": "drop +trainer.logger and choose the logger group: logger=csv (default) or logger=tensorboard",
     "default_root_dir": "drop +trainer.default_root_dir and set the run directory with hydra.run.dir",
@@ -119,11 +123,12 @@ def check_config(cfg: DictConfig) -> None:
     """Validate the app's config before anything is generated or trained; raise naming the key, value and fix.
 
     Checks ``phases``, ``seed``, ``threads``, ``learned_loss`` with ``phases``, the epoch counts, ``search`` and the
-    ``autobalance`` schedule (a search that would run no hyper-step), the integer fields of ``data``, ``trainer``
-    keys the app sets itself, the input kinds of ``model`` and ``data``, a group objective on data that declares
-    no groups (class attribute ``num_groups``; otherwise :func:`check_datamodule` decides after set-up), and the
-    unsupported ``llr`` group. It also builds the ``objective`` and the ``autobalance`` callback (cheap, nothing
-    trained) so that their own argument checks fail now rather than after the baseline phase.
+    ``autobalance`` schedule (a search that would run no hyper-step), ``jtt``, ``llr`` and ``resample`` for the
+    phases that use them, the integer fields of ``data``, ``trainer`` keys the app sets itself, the input kinds of
+    ``model`` and ``data``, and a group objective on data that declares no groups (class attribute ``num_groups``;
+    otherwise :func:`check_datamodule` decides after set-up). It also builds the ``objective``, the ``autobalance``
+    callback and the ``llr`` callback (cheap, nothing trained) so that their own argument checks fail now rather than
+    after the baseline phase.
 
     Args:
         cfg: the composed config of ``conf/config.yaml``.
@@ -160,16 +165,20 @@ def check_config(cfg: DictConfig) -> None:
     threads = cfg.get("threads")
     if not _is_int(threads) or threads < 1:
         raise ValueError(f"threads must be an integer ≥ 1 (torch.set_num_threads), got {threads!r}: e.g. threads=2.")
-    if cfg.get("llr") is not None:
-        raise ValueError(
-            "llr is set (+llr=...), but the command-line app does not run last-layer retraining: drop +llr. The llr "
-            "group configures the LastLayerRetraining callback for a Trainer of your own "
-            "(hydra.utils.instantiate(cfg.llr)), or call lightning_autobalance.retrain_last_layer on a trained model."
-        )
-    if "baseline" in phases or "retrain" in phases:
+    if any(p in phases for p in ("baseline", "retrain", "jtt", "llr")):
         _check_int("train.max_epochs", cfg.train.max_epochs, 1, "30")
     if "search" in phases:
         _check_search(cfg)
+    if "jtt" in phases:
+        _check_int("jtt.stage1_epochs", cfg.jtt.stage1_epochs, 1, "5")
+        _check_int("jtt.upweight", cfg.jtt.upweight, 1, "20")
+    if "llr" in phases:
+        _check_llr(cfg)
+    if cfg.get("resample") is not None and "baseline" not in phases:
+        raise ValueError(
+            f"resample={cfg.resample.get('_target_', '?').rsplit('.', 1)[-1]} changes the baseline phase's training "
+            f"set, but phases={phases} has no baseline: add baseline to phases, or drop resample (resample=null)."
+        )
     if "data" in cfg:
         _check_data(cfg)
     if "trainer" in cfg:
@@ -178,13 +187,46 @@ def check_config(cfg: DictConfig) -> None:
         _check_input_kinds(cfg)
 
 
-def _check_search(cfg: DictConfig) -> None:
+def _check_heldout_fraction(cfg: DictConfig) -> None:
     fraction = cfg.search.heldout_fraction
     if not _is_number(fraction) or not 0.0 < fraction < 1.0:
         raise ValueError(
             f"search.heldout_fraction must lie strictly between 0 and 1, got {fraction!r}: it is the share of every "
-            "class held out for the search's upper level, e.g. search.heldout_fraction=0.2."
+            "class held out for the search's upper level and the llr phase's retraining, e.g. "
+            "search.heldout_fraction=0.2."
         )
+
+
+def _check_llr(cfg: DictConfig) -> None:
+    node = cfg.get("llr")
+    if node is None:
+        raise ValueError(
+            "phases has llr, but the llr group is not set (~llr or llr=null): choose how to refit the last layer, e.g. llr=default (Thumb "
+            "weights), llr=dfr or llr=afr."
+        )
+    loader = node.get("dataloader")
+    if loader not in LLR_LOADERS:
+        reason = {
+            "train": "the backbone's own training data, on which it already fits every sample",
+            "test": "the test set, which would then select the model",
+        }.get(str(loader), "not a loader the app has")
+        raise ValueError(
+            f"llr.dataloader={loader!r}: {reason}. The llr phase refits the last layer on llr.dataloader=heldout (the "
+            "held-out split, search.heldout_fraction of every class) or llr.dataloader=val (the data's validation set)."
+        )
+    eval_loader = node.get("eval_dataloader")
+    if eval_loader not in (None, "val", "heldout"):
+        raise ValueError(
+            f"llr.eval_dataloader={eval_loader!r}: the llr phase reports on the test set itself; use null (default), "
+            "heldout or val."
+        )
+    if loader == "heldout":
+        _check_heldout_fraction(cfg)
+    _build("llr", node)
+
+
+def _check_search(cfg: DictConfig) -> None:
+    _check_heldout_fraction(cfg)
     _check_int("search.max_epochs", cfg.search.max_epochs, 1, "30")
     schedule = cfg.autobalance
     for name, minimum, example in (
@@ -279,15 +321,18 @@ def check_datamodule(cfg: DictConfig, datamodule: Any) -> None:
 
     Reads the labels of ``datamodule.train_dataloader().dataset`` with
     :func:`~lightning_autobalance.data.labels.dataset_labels` (fast for data sets with ``targets`` or tensors; a
-    ``TypeError`` for float labels), and fails on an empty training set, labels outside ``[0, num_classes)``, and a
-    group objective (``requires_groups``) on data with ``num_groups`` 1 when the search phase runs.
+    ``TypeError`` for float labels), and fails on an empty training set, labels outside ``[0, num_classes)``, a
+    group objective (``requires_groups``) on data with ``num_groups`` 1 when the search phase runs, an ``llr`` phase
+    that retrains on (or reports on) ``val`` of data without a validation set, and ``resample.over=group`` on data
+    without groups.
 
     Args:
         cfg: the composed config.
         datamodule: the instantiated datamodule, after ``setup("fit")``.
 
     Raises:
-        ValueError: no training sample, labels out of range, or a group objective without groups.
+        ValueError: no training sample, labels out of range, a group objective or ``resample.over=group`` without
+            groups, or ``llr.dataloader=val`` without a validation set.
         TypeError: labels that are not integer class indices.
     """
     from lightning_autobalance.data.labels import dataset_labels
@@ -310,12 +355,34 @@ def check_datamodule(cfg: DictConfig, datamodule: Any) -> None:
             f"{name} has training labels {sorted(set(targets[bad].tolist()))[:5]} outside [0, {num_classes}) "
             f"(num_classes={num_classes}): remap the labels to 0..{num_classes - 1} or fix num_classes."
         )
-    if "search" in list(cfg.phases) and int(getattr(datamodule, "num_groups", 1)) < 2:
+    num_groups = int(getattr(datamodule, "num_groups", 1))
+    if "llr" in list(cfg.phases):
+        _check_llr_loaders(cfg, datamodule, name)
+    resample = cfg.get("resample")
+    if resample is not None and resample.get("over") == "group" and num_groups < 2:
+        raise ValueError(
+            f"resample.over=group balances the groups, but {name} has no groups: use resample.over=class_group "
+            "(without group labels: class-balanced subsampling), or data with groups."
+        )
+    if "search" in list(cfg.phases) and num_groups < 2:
         from hydra.utils import instantiate
 
         objective = instantiate(cfg.objective)
         if getattr(objective, "requires_groups", False):
             raise _no_groups_error(cfg, objective)
+
+
+def _check_llr_loaders(cfg: DictConfig, datamodule: Any, name: str) -> None:
+    """The llr phase's ``val`` loaders need a datamodule that defines ``val_dataloader``."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    for key in ("dataloader", "eval_dataloader"):
+        if cfg.llr.get(key) == "val" and not is_overridden("val_dataloader", datamodule, pl.LightningDataModule):
+            raise ValueError(
+                f"llr.{key}=val, but {name} has no validation set (no val_dataloader): use llr.{key}="
+                f"{'heldout' if key == 'dataloader' else 'null'}."
+            )
 
 
 def check_plugins(argv: Sequence[str]) -> None:

@@ -253,13 +253,6 @@ def test_trainer_keys_the_app_sets_fail_with_the_key_to_use(tmp_path, override, 
     fails_before_anything_is_written(compose_config(override.split(), tmp_path), tmp_path, ValueError, pattern)
 
 
-# ------------------------------------------------------------------ 9. llr
-def test_llr_group_is_refused_by_the_cli(tmp_path):
-    cfg = compose_config(["+llr=default"], tmp_path)
-    pattern = r"llr is set \(\+llr=\.\.\.\), but the command-line app does not run last-layer retraining: drop \+llr"
-    fails_before_anything_is_written(cfg, tmp_path, ValueError, pattern)
-
-
 # ------------------------------------------------------------------ 10. Hydra plugins
 def no_plugins(monkeypatch):
     real = importlib.util.find_spec
