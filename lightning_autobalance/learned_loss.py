@@ -137,6 +137,14 @@ def _read_checkpoint(path: Path, weights_only: bool) -> dict[str, Any]:
         )
         raise LearnedLossError(f"{path} could not be read as a Lightning checkpoint: {error}{advice}") from None
     data = checkpoint.get(CHECKPOINT_KEY)
+    callback_state = checkpoint.get("callbacks", {}).get("AutoBalance", {})
+    if not isinstance(data, dict) and isinstance(callback_state, dict) and "loss" in callback_state:
+        raise LearnedLossError(
+            f"{path} holds no AutoBalance state with a learned loss readable here: it was written by an earlier "
+            "version, which kept α only in the AutoBalance callback's state, without the loss's description. Resume "
+            "the search from it (Trainer.fit(..., ckpt_path=...) with the AutoBalance callback), or retrain with the "
+            "autobalance_loss.yaml that run exported."
+        )
     if not isinstance(data, dict):
         raise LearnedLossError(
             f"{path} holds no AutoBalance state with a learned loss: pass a checkpoint of an AutoBalanceMixin module "
