@@ -75,8 +75,8 @@ def trial_task(cfg: Any) -> float:
     from omegaconf import OmegaConf
 
     from lightning_autobalance.classifier import ImbalancedClassifier
-    from lightning_autobalance.cli import test_report
     from lightning_autobalance.data.split import HeldOutSplit
+    from lightning_autobalance.report import test_report
 
     start = time.process_time()
     out = Path(HydraConfig.get().runtime.output_dir)

@@ -201,8 +201,8 @@ def _check_llr(cfg: DictConfig) -> None:
     node = cfg.get("llr")
     if node is None:
         raise ValueError(
-            "phases has llr, but the llr group is not set (~llr or llr=null): choose how to refit the last layer, e.g. llr=default (Thumb "
-            "weights), llr=dfr or llr=afr."
+            "phases has llr, but the llr group is not set (~llr or llr=null): choose how to refit the last layer, "
+            "e.g. llr=default (Thumb weights), llr=dfr or llr=afr."
         )
     loader = node.get("dataloader")
     if loader not in LLR_LOADERS:

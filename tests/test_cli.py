@@ -127,7 +127,7 @@ def test_optuna_sweep_minimises_heldout_error(tmp_path):
 
 def test_format_loss_lists_every_group_class_cell():
     from lightning_autobalance import ParametricCrossEntropy
-    from lightning_autobalance.cli import format_loss
+    from lightning_autobalance.report import format_loss
 
     loss = ParametricCrossEntropy.from_preset("la", group_counts=[[80, 5], [10, 5]])
     rows = format_loss(loss).splitlines()
