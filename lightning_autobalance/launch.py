@@ -13,11 +13,10 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
-from unittest import mock
 
 import torch.distributed as dist
-from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.strategies.launchers import subprocess_script
+
+from lightning_autobalance._lightning_compat import JobCommandDDPStrategy
 
 __all__ = ["HydraJobDDPStrategy", "finish_ddp_job", "hydra_job_command"]
 
@@ -47,16 +46,7 @@ def hydra_job_command(local_rank: int) -> tuple[Sequence[str], str]:
     return command, get_original_cwd()
 
 
-class _HydraJobLauncher(subprocess_script._SubprocessScriptLauncher):
-    def _call_children_scripts(self) -> None:
-        for key in _LAUNCH_VARIABLES:
-            _saved_environment.setdefault(key, os.environ.get(key))
-        with mock.patch.object(subprocess_script, "_hydra_subprocess_cmd", hydra_job_command):
-            super()._call_children_scripts()
-        _workers.extend(self.procs)
-
-
-class HydraJobDDPStrategy(DDPStrategy):
+class HydraJobDDPStrategy(JobCommandDDPStrategy):
     """``DDPStrategy`` whose worker processes re-run the current Hydra job rather than the whole command line.
 
     Use it where you would pass ``strategy="ddp"`` in a Hydra app; call :func:`finish_ddp_job` at the end of the job.
@@ -68,10 +58,15 @@ class HydraJobDDPStrategy(DDPStrategy):
         True
     """
 
-    def _configure_launcher(self) -> None:
-        super()._configure_launcher()
-        if isinstance(self._launcher, subprocess_script._SubprocessScriptLauncher):
-            self._launcher = _HydraJobLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+    def worker_command(self, local_rank: int) -> tuple[Sequence[str], str]:
+        return hydra_job_command(local_rank)
+
+    def before_launch(self) -> None:
+        for key in _LAUNCH_VARIABLES:  # the launch sets them in this process; finish_ddp_job restores them
+            _saved_environment.setdefault(key, os.environ.get(key))
+
+    def after_launch(self, workers: list[subprocess.Popen]) -> None:
+        _workers.extend(workers)
 
 
 def finish_ddp_job(timeout: float = 600.0) -> None:
