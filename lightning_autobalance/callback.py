@@ -39,7 +39,7 @@ HyperOptimizerFactory = Callable[[Iterable[Tensor]], Optimizer]
 class AutoBalance(Callback):
     r"""Tune the loss hyperparameters α = (Δ, ι, ω) of an :class:`AutoBalanceMixin` module during ``trainer.fit``.
 
-    The search phase of AutoBalance (PAPERS.md §1): ordinary weight steps on the train split, and every
+    The search phase of AutoBalance (docs/references.md §1): ordinary weight steps on the train split, and every
     ``every_n_steps`` weight steps after ``warmup_epochs`` a *hyper-step*: the implicit-function-theorem
     hypergradient of the held-out ``objective`` with respect to α, averaged over ``train_batches`` fresh train batches
     (inner loss) and ``heldout_batches`` held-out batches (objective), is averaged across processes and applied by the
@@ -498,14 +498,7 @@ class AutoBalance(Callback):
             self._log(trainer, {"autobalance/skipped_steps": float(self.skipped_steps)})
             return False
         if self.bounds:
-            with torch.no_grad():
-                for kind, (low, high) in self.bounds.items():
-                    param = hparams[f"raw_{kind}"]
-                    # the box in raw units: values clipped to the parameterisation's range, mapped by its inverse
-                    ends = torch.tensor([low, high], dtype=torch.float64)
-                    span = loss_module._from_raw(kind, torch.tensor([-math.inf, math.inf], dtype=torch.float64))
-                    raw = loss_module._to_raw(kind, torch.maximum(torch.minimum(ends, span[1]), span[0]))
-                    param.clamp_(min=float(raw[0]), max=float(raw[1]))
+            loss_module.project_(self.bounds)  # the box in raw units, within the parameterisation's range
         self.hyper_steps += 1
         if self.check_sync and world > 1:
             self._check_identical_across_processes(trainer)

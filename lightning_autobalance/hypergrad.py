@@ -1,7 +1,7 @@
 """Hypergradients of a bilevel problem by the implicit function theorem.
 
 Lower level: weights θ minimise ``inner(θ, α)``; upper level: hyperparameters α minimise ``outer(θ*(α), α)``.
-At an (approximate) inner optimum the total derivative is (PAPERS.md §1)::
+At an (approximate) inner optimum the total derivative is (docs/references.md §1)::
 
     d outer / dα = ∂outer/∂α − (∂²inner/∂α∂θ) · H⁻¹ · ∇_θ outer,      H = ∇²_θ inner
 
@@ -32,6 +32,7 @@ from torch import Tensor
 
 __all__ = [
     "ConjugateGradient",
+    "Curvature",
     "Exact",
     "HypergradientResult",
     "LinearSolver",

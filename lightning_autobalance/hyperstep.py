@@ -150,7 +150,7 @@ class Reference:
     """The reference procedure: :func:`~lightning_autobalance.hypergrad.hypergradient` on the whole network.
 
     All train-batch graphs are held at once and Hessian-vector products run by double backward through the network;
-    default solver Neumann with 5 terms and step 1 (PAPERS.md §1).
+    default solver Neumann with 5 terms and step 1 (docs/references.md §1).
 
     Args:
         solver: how H⁻¹ is applied.

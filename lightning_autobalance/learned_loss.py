@@ -34,7 +34,17 @@ import yaml
 
 from lightning_autobalance.losses import AUGMENTATION_KINDS, HPARAM_KINDS, ParametricCrossEntropy
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "LearnedLossError", "load_loss", "loss_from_dict", "loss_to_dict", "save_loss"]
+__all__ = [
+    "CHECKPOINT_KEY",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "LearnedLossError",
+    "load_loss",
+    "loss_from_dict",
+    "loss_to_dict",
+    "save_loss",
+    "write_text_atomic",
+]
 
 FORMAT = "lightning-autobalance/learned-loss"
 FORMAT_VERSION = 3

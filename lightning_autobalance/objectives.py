@@ -193,7 +193,7 @@ def _check_reduction(reduction: str) -> None:
 # Functional objectives
 # ----------------------------------------------------------------------------------------------------------------
 def balanced_cross_entropy(logits: Tensor, targets: Tensor, groups: Tensor | None = None) -> Tensor:
-    """Mean over the classes present of the per-class mean cross-entropy (PAPERS.md §1, "balanced loss").
+    """Mean over the classes present of the per-class mean cross-entropy (docs/references.md §1, "balanced loss").
 
     Equal to cross-entropy with inverse-frequency class weights on the given sample: every class present counts
     equally however many samples it has.

@@ -1,11 +1,34 @@
 """Shared test helpers."""
 
+import doctest
+import importlib
 import os
+import pkgutil
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_doctests(module: ModuleType, optionflags: int = doctest.ELLIPSIS) -> doctest.TestResults:
+    """The docstring examples of ``module`` and, for a package, of every module in it (summed)."""
+    names = [module.__name__]
+    if hasattr(module, "__path__"):
+        names += [info.name for info in pkgutil.walk_packages(module.__path__, f"{module.__name__}.")]
+    failed = attempted = 0
+    for name in names:
+        result = doctest.testmod(importlib.import_module(name), optionflags=optionflags)
+        failed, attempted = failed + result.failed, attempted + result.attempted
+    return doctest.TestResults(failed, attempted)
+
+
+def package_sources(module: ModuleType) -> list[str]:
+    """The source files of ``module`` and, for a package, of every module in it."""
+    if not hasattr(module, "__path__"):
+        return [Path(module.__file__).read_text()]
+    return [path.read_text() for path in sorted(Path(module.__path__[0]).rglob("*.py"))]
 
 
 @pytest.fixture

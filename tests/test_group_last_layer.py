@@ -1,6 +1,5 @@
 """Tests of lightning_autobalance.group_last_layer: DFR and AFR against scikit-learn and hand computations."""
 
-import doctest
 import warnings
 
 import numpy as np
@@ -13,6 +12,8 @@ from torch import nn
 
 import lightning_autobalance.group_last_layer as gll
 from lightning_autobalance.group_last_layer import afr_head, afr_weights, dfr_head, group_balanced_indices
+from lightning_autobalance.group_last_layer.selection import best_index
+from tests.conftest import package_sources, run_doctests
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -329,22 +330,22 @@ def test_afr_warns_when_not_converged():
 
 # ------------------------------------------------------------------------------------------ module
 def test_doctests():
-    result = doctest.testmod(gll, optionflags=doctest.ELLIPSIS)
+    result = run_doctests(gll)
     assert result.attempted >= 4 and result.failed == 0
 
 
 def test_module_does_not_import_lightning():
     import ast
-    import inspect
 
-    tree = ast.parse(inspect.getsource(gll))
-    names = [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
-    names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
-    assert not any(name.split(".")[0] in {"lightning", "pytorch_lightning"} for name in names)
+    for source in package_sources(gll):  # every module of the group_last_layer package
+        tree = ast.parse(source)
+        names = [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
+        names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        assert not any(name.split(".")[0] in {"lightning", "pytorch_lightning"} for name in names)
 
 
 def test_grid_order_and_ties_pick_first():
-    assert gll._best([0.5, 0.7, 0.7, 0.1]) == 1
+    assert best_index([0.5, 0.7, 0.7, 0.1]) == 1
 
 
 # ------------------------------------------------------------------------------------------ retrain_last_layer modes

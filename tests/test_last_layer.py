@@ -1,6 +1,5 @@
 """Tests of lightning_autobalance.last_layer: the refit head, the feature hooks, the callback and the error messages."""
 
-import doctest
 import warnings
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from lightning_autobalance.last_layer import (
 )
 from lightning_autobalance.llr import MODES, class_weights_for_mode, fit_last_layer
 from lightning_autobalance.metrics import class_errors
+from tests.conftest import run_doctests
 
 K, D_IN, D_FEAT, N = 3, 5, 8, 120
 CONFIG = Path(__file__).resolve().parents[1] / "conf" / "llr" / "default.yaml"
@@ -431,10 +431,10 @@ def test_hydra_config_instantiates_the_callback():
     callback = instantiate(node.llr)
     assert isinstance(callback, LastLayerRetraining)
     assert callback.mode in MODES and callback.loss in ("square", "ce") and callback.seed == 7
-    assert callback.head == "net.head" and callback.dataloader == "heldout"
+    assert callback.head is None and callback.dataloader == "heldout"  # None: the module's autobalance_head()
     assert {"steps", "objective", "val_fraction"} <= set(callback.bilevel)
 
 
 def test_doctests():
-    result = doctest.testmod(last_layer, optionflags=doctest.ELLIPSIS)
+    result = run_doctests(last_layer)
     assert result.failed == 0 and result.attempted > 0

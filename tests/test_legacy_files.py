@@ -82,5 +82,5 @@ def test_a_search_resumes_from_the_4486b91_checkpoint(tmp_path, single_thread):
 
 
 def test_load_loss_of_a_4486b91_checkpoint_says_where_its_loss_is():
-    with pytest.raises(LearnedLossError, match="written by an earlier version, .* Resume .* autobalance_loss.yaml"):
+    with pytest.raises(LearnedLossError, match=r"written by an earlier version, .* Resume .* autobalance_loss\.yaml"):
         load_loss(LEGACY / "search.ckpt", weights_only=False)

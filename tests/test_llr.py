@@ -26,6 +26,7 @@ from lightning_autobalance.llr import (
     prior_class_weights,
     thumb_class_weights,
 )
+from tests.conftest import package_sources, run_doctests
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny problems
 
@@ -491,15 +492,15 @@ def test_bad_inputs_weights_and_modes():
 
 # ------------------------------------------------------------------------------------------ docstrings
 def test_doctests():
-    result = doctest.testmod(llr, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    result = run_doctests(llr, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 10 and result.failed == 0
 
 
 def test_module_does_not_import_lightning():
     import ast
-    import inspect
 
-    tree = ast.parse(inspect.getsource(llr))
-    names = [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
-    names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
-    assert not any(name.split(".")[0] in {"lightning", "pytorch_lightning"} for name in names)
+    for source in package_sources(llr):  # every module of the llr package
+        tree = ast.parse(source)
+        names = [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
+        names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        assert not any(name.split(".")[0] in {"lightning", "pytorch_lightning"} for name in names)

@@ -27,6 +27,8 @@ from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, recall_score
 
 import lightning_autobalance.metrics as M
+from lightning_autobalance.metrics.counts import confusion_counts
+from tests.conftest import run_doctests
 
 # --------------------------------------------------------------------------------------------------------
 # Random data
@@ -516,7 +518,7 @@ def test_counts_equal_sklearn_confusion_matrix(case: Case) -> None:
         mask = d.s == group
         expected = confusion_matrix(d.y[mask], d.p[mask], labels=np.arange(d.k)) if mask.any() else 0
         np.testing.assert_array_equal(counts[group].numpy(), expected)
-    functional = M._confusion_counts(d.labels, d.target, d.groups, d.k, d.g)
+    functional = confusion_counts(d.labels, d.target, d.groups, d.k, d.g)
     torch.testing.assert_close(functional, counts)
 
 
@@ -703,7 +705,7 @@ def test_bad_inputs_raise(ctor: dict[str, int], args: tuple[Any, ...], match: st
     with pytest.raises(ValueError, match=match):
         M.equalized_odds_gap(*args, **kw)
     with pytest.raises(ValueError, match=match):
-        M._confusion_counts(*args, kw["num_classes"], kw["num_groups"])
+        confusion_counts(*args, kw["num_classes"], kw["num_groups"])
 
 
 def test_validate_args_false_skips_range_checks_only() -> None:
@@ -753,7 +755,7 @@ def test_bad_reduction_and_over_raise() -> None:
 
 
 def test_doctests() -> None:
-    result = doctest.testmod(M, optionflags=doctest.NORMALIZE_WHITESPACE)
+    result = run_doctests(M, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 40
     assert result.failed == 0
 

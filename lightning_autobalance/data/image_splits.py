@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_autobalance.data.labels import group_class_counts
 
-__all__ = ["SplitGroupDataModule"]
+__all__ = ["SplitGroupDataModule", "image_loader"]
 
 
 def image_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool) -> DataLoader:

@@ -1,10 +1,10 @@
-"""Long-tailed class profiles (PAPERS.md §1, "Long-tailed benchmark construction")."""
+"""Long-tailed class profiles (docs/references.md §1, "Long-tailed benchmark construction")."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["PROFILES", "long_tail_counts"]
+__all__ = ["PROFILES", "Profile", "long_tail_counts"]
 
 Profile = Literal["exponential", "step"]
 PROFILES: tuple[str, ...] = ("exponential", "step")

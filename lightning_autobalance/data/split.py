@@ -14,7 +14,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from lightning_autobalance.data.labels import dataset_labels, group_class_counts
 
-__all__ = ["HeldOutSplit", "check_resumed_seed", "check_seed", "resolve_seed", "stratified_split"]
+__all__ = [
+    "HeldOutSplit",
+    "ResumableLoader",
+    "ResumableSampler",
+    "check_resumed_seed",
+    "check_seed",
+    "resolve_seed",
+    "stratified_split",
+]
 
 
 def stratified_split(targets: Tensor, groups: Tensor | None, fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:
