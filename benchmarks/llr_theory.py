@@ -1,4 +1,4 @@
-"""Gaussian-mixture check of "Thumb on the Scale" (PAPERS.md §2) with lightning_autobalance.llr.
+"""Gaussian-mixture check of "Thumb on the Scale" (docs/references.md §2) with lightning_autobalance.llr.
 
 Data: x = y·µ + z, z ~ N(0, I_d), y ∈ {±1}, minority y = +1 with prior π₊ (exact class counts round(π₊ n)).
 Head: weighted square loss with intercept, fit in closed form by ``fit_last_layer`` (two one-hot outputs; the
