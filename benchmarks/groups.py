@@ -30,7 +30,10 @@ Grids: Group DRO η ∈ {0.01, 0.1}; JTT λ_up ∈ {5, 20} (stage 1: a sixth of 
 group labels; Thumb and bilevel fit the square-loss head with a fixed ridge 1.0 (the smoke run's held-out split has
 fewer samples than features); AutoBalance with the settings of ``conf/experiment/spurious_*.yaml`` (full engine,
 Neumann(5, 0.05), worst group at temperature 1.0, Adam lr 0.05), objective worst (group, class) cell or, without
-groups, worst class; the blend is worst group + equal-opportunity gap (λ = 0.5). ERM, group weighting / subsampling
+groups, worst class; the blend is worst group + equal-opportunity gap (λ = 0.5). ``autobalance_frozen`` is the
+control of the worst-group run: the same search run with the hyper-optimizer's learning rate at 0 (α stays at its
+initial value, plain cross-entropy; checked at the end of the run), one row under both selections; the report adds
+the paired difference learned minus control. ERM, group weighting / subsampling
 and Thumb have no hyperparameter: one row, the same under both selections.
 
 Test metrics: worst-group accuracy (worst (group, class) cell), weighted average accuracy (test cell accuracies
@@ -77,6 +80,7 @@ METHODS = (
     "llr_bilevel",
     "autobalance_worst_group",
     "autobalance_blend",
+    "autobalance_frozen",
 )
 LABELS = {
     "erm": "ERM",
@@ -90,7 +94,9 @@ LABELS = {
     "llr_bilevel": "last layer, bilevel",
     "autobalance_worst_group": "AutoBalance, worst group",
     "autobalance_blend": "AutoBalance, worst group + EO gap",
+    "autobalance_frozen": "AutoBalance, α frozen (control)",
 }
+NO_SELECTION = ("erm", "group_weighted", "group_subsample", "llr_thumb", "autobalance_frozen")  # one row each
 LAST_LAYER = ("dfr", "afr", "llr_thumb", "llr_bilevel")
 SELECTIONS = ("group", "class")
 METRICS = ("worst_group_accuracy", "weighted_average_accuracy", "mean_group_accuracy", "accuracy")
@@ -243,7 +249,13 @@ def _last_layer(job: _Job, mode: str, rule: str, **options: Any) -> dict[str, An
     return {**job.metrics(model, job.dm.test_dataloader()), "params": chosen, "selection": rule}
 
 
-def _autobalance(job: _Job, objective: Any) -> Any:
+def _autobalance_run(job: _Job, objective: Any, hyper_lr: float = 0.05, **options: Any) -> tuple[Any, Any]:
+    """The AutoBalance search run (the model trained on the split's train part while α is tuned) and its callback.
+
+    ``hyper_lr=0`` is the α-frozen control: the same run, hyper-steps and all, with Adam at learning rate 0, so α
+    stays at its initial value (preset ``ce``: plain cross-entropy). ``options`` override the callback's settings
+    (``benchmarks/groups_diagnosis.py``).
+    """
     import torch
 
     from lightning_autobalance import AutoBalance, Neumann
@@ -251,19 +263,32 @@ def _autobalance(job: _Job, objective: Any) -> Any:
 
     smoke = job.epochs < 10
     digits = job.data == "spurious_digits"
-    callback = AutoBalance(
-        preset="ce",
-        learn=("delta", "iota"),
-        objective=objective,
-        engine=FullNetwork(solver=Neumann(terms=5, alpha=0.05)),
-        warmup_epochs=0 if smoke else 10,
-        every_n_steps=10,
-        train_batches=1 if digits else 2,
-        heldout_batches=1 if digits else 4,
-        batch_size=256,
-        hyper_optimizer=functools.partial(torch.optim.Adam, lr=0.05),
-    )
-    return job.fit(job.model(), callbacks=[callback])
+    settings: dict[str, Any] = {
+        "preset": "ce",
+        "learn": ("delta", "iota"),
+        "objective": objective,
+        "engine": FullNetwork(solver=Neumann(terms=5, alpha=0.05)),
+        "warmup_epochs": 0 if smoke else 10,
+        "every_n_steps": 10,
+        "train_batches": 1 if digits else 2,
+        "heldout_batches": 1 if digits else 4,
+        "batch_size": 256,
+        "hyper_optimizer": functools.partial(torch.optim.Adam, lr=hyper_lr),
+    }
+    callback = AutoBalance(**{**settings, **options})
+    return job.fit(job.model(), callbacks=[callback]), callback
+
+
+def _autobalance(job: _Job, objective: Any) -> Any:
+    return _autobalance_run(job, objective)[0]
+
+
+def _alpha(callback: Any) -> dict[str, Any]:
+    """α at the end of the run and its largest absolute move from the initial value (preset ``ce``: Δ = 1, ι = 0)."""
+    values = callback.current_values()
+    initial = {"delta": 1.0, "iota": 0.0}
+    moved = max(abs(v - initial[k.split("/")[1]]) for k, v in values.items())
+    return {"hyper_steps": int(callback.hyper_steps), "alpha_max_move": moved, "alpha": values}
 
 
 def run_method(job: _Job, method: str) -> dict[str, Any]:
@@ -338,12 +363,22 @@ def run_method(job: _Job, method: str) -> dict[str, Any]:
             ),
         }
     if method == "autobalance_worst_group":
-        by_group = job.candidate(_autobalance(job, WorstGroup(temperature=1.0)))
-        by_class = job.candidate(_autobalance(job, WorstGroup(temperature=1.0, over="class")))
-        return {"group": {**by_group["test"], "params": {}}, "class": {**by_class["test"], "params": {}}}
+        by_group, alpha_group = _autobalance_run(job, WorstGroup(temperature=1.0))
+        by_class, alpha_class = _autobalance_run(job, WorstGroup(temperature=1.0, over="class"))
+        return {
+            "group": {**job.candidate(by_group)["test"], "params": _alpha(alpha_group)},
+            "class": {**job.candidate(by_class)["test"], "params": _alpha(alpha_class)},
+        }
     if method == "autobalance_blend":
         objective = Blend(WorstGroup(temperature=1.0), EqualOpportunityGap(), lam=0.5)
         return _select([job.candidate(_autobalance(job, objective))])
+    if method == "autobalance_frozen":
+        model, callback = _autobalance_run(job, WorstGroup(temperature=1.0), hyper_lr=0.0)
+        alpha = _alpha(callback)
+        if alpha["alpha_max_move"] != 0.0:
+            raise RuntimeError(f"α moved in the α-frozen control: {alpha}")
+        result = {**job.candidate(model)["test"], "params": alpha}
+        return {"group": result, "class": result}
     raise ValueError(f"Unknown method {method!r}: choose from {', '.join(METHODS)}.")
 
 
@@ -435,7 +470,7 @@ def collect(work: Path, datasets: Sequence[str], methods: Sequence[str], seeds: 
 
 def _has_selection(table: Mapping[str, Any], method: str) -> bool:
     """Whether the two selection rules can differ (the method has hyperparameters chosen on held-out data)."""
-    return method not in ("erm", "group_weighted", "group_subsample", "llr_thumb")
+    return method not in NO_SELECTION
 
 
 def rows(table: Mapping[str, Any], data: str) -> list[tuple[str, str]]:
@@ -450,7 +485,7 @@ def rows(table: Mapping[str, Any], data: str) -> list[tuple[str, str]]:
 
 
 def row_label(method: str, rule: str) -> str:
-    if method in ("erm", "group_weighted", "group_subsample", "llr_thumb"):
+    if method in NO_SELECTION:
         return LABELS[method]
     return f"{LABELS[method]} (sel. worst {rule})"
 
@@ -505,6 +540,16 @@ def format_report(table: Mapping[str, Any], seeds: Sequence[int], sizes: Mapping
             lines.append(
                 f"| {row_label(method, rule)} | {d['mean']:+.1f} | [{d['low']:+.1f}, {d['high']:+.1f}] | {d['n']} |"
             )
+        learned, control = table[data].get("autobalance_worst_group", {}), table[data].get("autobalance_frozen", {})
+        if "group" in learned and "group" in control:
+            d = paired_difference(learned["group"], control["group"], "worst_group_accuracy")
+            lines += [
+                "",
+                f"Learned α minus the α-frozen control: {row_label('autobalance_worst_group', 'group')} minus "
+                f"{LABELS['autobalance_frozen']}, test worst-group accuracy {d['mean']:+.1f} points "
+                f"[{d['low']:+.1f}, {d['high']:+.1f}] over {d['n']} seeds (the same search run with the "
+                "hyper-optimizer's learning rate at 0, so α stays at plain cross-entropy).",
+            ]
     return "\n".join(lines) + "\n"
 
 
