@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import subprocess
+from abc import abstractmethod
 from collections.abc import Sequence
 from unittest import mock
 
@@ -52,9 +53,9 @@ class JobCommandDDPStrategy(DDPStrategy):
     ``torchrun`` or SLURM), it behaves exactly like ``DDPStrategy``.
     """
 
+    @abstractmethod
     def worker_command(self, local_rank: int) -> tuple[Sequence[str], str]:
         """The command line and working directory of the worker of ``local_rank``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement worker_command(local_rank).")
 
     def before_launch(self) -> None:
         """Called in the launching process just before the workers start."""
