@@ -32,11 +32,10 @@ from functools import partial
 import lightning.pytorch as pl
 import torch
 
-from lightning_autobalance import AutoBalance, Blend, HeldOutSplit, Neumann, WorstGroup
-from lightning_autobalance import EqualOpportunityGap as EqualOpportunityGapLoss
+from lightning_autobalance import AutoBalance, Blend, EqualOpportunityGap, HeldOutSplit, Neumann, WorstGroup
 from lightning_autobalance.classifier import ImbalancedClassifier
 from lightning_autobalance.data.spurious import SpuriousMNIST1D
-from lightning_autobalance.metrics import EqualOpportunityGap, WorstGroupError
+from lightning_autobalance.metrics import EqualOpportunityGapMetric, WorstGroupError
 from lightning_autobalance.models import MNIST1DConvNet
 
 # What each --objective optimises on the held-out split (conf/objective/worst_group.yaml, equal_opportunity_gap.yaml,
@@ -44,7 +43,7 @@ from lightning_autobalance.models import MNIST1DConvNet
 # leaves the minority cell of class 0 alone; the blend adds the worst-group loss.
 OBJECTIVES = {
     "worst_group": lambda: WorstGroup(temperature=1.0),
-    "eo": lambda: EqualOpportunityGapLoss(),
+    "eo": lambda: EqualOpportunityGap(),
     "blend": lambda: Blend(WorstGroup(temperature=1.0), "equal_opportunity_gap", lam=0.5),
 }
 
@@ -52,7 +51,7 @@ OBJECTIVES = {
 @torch.no_grad()
 def evaluate(model: ImbalancedClassifier, loader: torch.utils.data.DataLoader) -> dict[str, float]:
     """Test worst-(group, class) error and equal-opportunity gap (TPR gap of class 1 across groups), in %."""
-    worst, gap = WorstGroupError(num_classes=2, num_groups=2), EqualOpportunityGap(num_classes=2, num_groups=2)
+    worst, gap = WorstGroupError(num_classes=2, num_groups=2), EqualOpportunityGapMetric(num_classes=2, num_groups=2)
     model.eval()
     for batch in loader:
         logits, y, g = model.autobalance_forward(batch)

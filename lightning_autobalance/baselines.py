@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from lightning_autobalance.losses import as_counts, as_group_counts, check_inputs, plain_data, reduce_loss
 from lightning_autobalance.losses import effective_number_weights as _effective_number_weights
 
-__all__ = ["BASELINES", "FocalLoss", "LDAMLoss", "make_baseline"]
+__all__ = ["BASELINES", "ClassLevelLoss", "FocalLoss", "LDAMLoss", "make_baseline"]
 
 BASELINES: tuple[str, ...] = ("ldam", "focal")
 Reduction = Literal["mean", "sum", "none"]
@@ -37,7 +37,59 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
 
 
-class LDAMLoss(nn.Module):
+class ClassLevelLoss(nn.Module):
+    """Base of the baselines: the ``(logits, targets, groups=None, reduction="mean")`` call, checks and reduction.
+
+    A subclass gives :meth:`loss_terms` (per-sample losses and optional per-sample weights) and ``num_classes``.
+
+    Example:
+        >>> class Plain(ClassLevelLoss):
+        ...     num_classes = 2
+        ...     def loss_terms(self, logits, targets):
+        ...         return F.cross_entropy(logits, targets, reduction="none"), None
+        >>> logits, y = torch.randn(4, 2), torch.tensor([0, 1, 1, 0])
+        >>> torch.allclose(Plain()(logits, y), F.cross_entropy(logits, y))
+        True
+    """
+
+    num_classes: int | None
+
+    def expected_classes(self, logits: Tensor) -> int:
+        """The width the logits must have."""
+        assert self.num_classes is not None
+        return self.num_classes
+
+    def loss_terms(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Per-sample losses ``(N,)`` and per-sample weights ``(N,)`` (``None``: no weights)."""
+        raise NotImplementedError
+
+    def forward(
+        self, logits: Tensor, targets: Tensor, groups: Tensor | None = None, reduction: Reduction = "mean"
+    ) -> Tensor:
+        """Compute the loss; ``groups`` is accepted for a uniform call signature and ignored.
+
+        Args:
+            logits: model outputs, shape (N, K).
+            targets: class labels in [0, K), shape (N,).
+            groups: ignored.
+            reduction: ``"mean"`` (``Σ_i ℓ_i / N``; with sample weights, e.g. LDAM under DRW, the weighted mean
+                ``Σ_i w_i ℓ_i / Σ_i w_i`` as ``F.cross_entropy``), ``"sum"`` or ``"none"``.
+
+        Returns:
+            The reduced loss, or the per-sample (weighted) losses of shape (N,) for ``reduction="none"``.
+        """
+        check_inputs(logits, targets, None, self.expected_classes(logits), None)
+        _check_reduction(reduction)
+        per_sample, sample_weights = self.loss_terms(logits, targets)
+        if sample_weights is None:
+            return reduce_loss(per_sample, reduction)
+        weighted = sample_weights * per_sample
+        if reduction == "mean":
+            return weighted.sum() / sample_weights.sum()
+        return reduce_loss(weighted, reduction)
+
+
+class LDAMLoss(ClassLevelLoss):
     r"""Label-distribution-aware margin loss (Cao et al. 2019), with optional deferred re-weighting (DRW).
 
     With ``n_y`` the training count of class ``y``, the margin of class ``y`` is ``m_y = C / n_y^{1/4}``, with ``C``
@@ -141,33 +193,13 @@ class LDAMLoss(nn.Module):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.set_epoch(int(state["epoch"]))
 
-    def forward(
-        self, logits: Tensor, targets: Tensor, groups: Tensor | None = None, reduction: Reduction = "mean"
-    ) -> Tensor:
-        """Compute the LDAM loss; ``groups`` is accepted for a uniform call signature and ignored.
-
-        Args:
-            logits: model outputs, shape (N, K).
-            targets: class labels in [0, K), shape (N,).
-            groups: ignored.
-            reduction: ``"mean"`` (weighted mean under DRW, as ``F.cross_entropy``), ``"sum"`` or ``"none"``.
-
-        Returns:
-            The reduced loss, or the per-sample (weighted) losses of shape (N,) for ``reduction="none"``.
-        """
-        check_inputs(logits, targets, None, self.num_classes, None)
-        _check_reduction(reduction)
+    def loss_terms(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Per-sample LDAM losses and, under DRW, the class weights of the samples (a weighted mean)."""
         margins = self.margins.to(logits.dtype)[targets]
         shifted = logits - F.one_hot(targets, self.num_classes).to(logits.dtype) * margins[:, None]
         per_sample = F.cross_entropy(self.scale * shifted, targets, reduction="none")
         weights = self.class_weights()
-        if weights is None:
-            return reduce_loss(per_sample, reduction)
-        sample_weights = weights.to(logits.dtype)[targets]
-        weighted = sample_weights * per_sample
-        if reduction == "mean":
-            return weighted.sum() / sample_weights.sum()
-        return reduce_loss(weighted, reduction)
+        return per_sample, None if weights is None else weights.to(logits.dtype)[targets]
 
     def extra_repr(self) -> str:
         """Summary shown by ``print(module)``."""
@@ -177,7 +209,7 @@ class LDAMLoss(nn.Module):
         )
 
 
-class FocalLoss(nn.Module):
+class FocalLoss(ClassLevelLoss):
     r"""Focal loss (Lin et al. 2017), multiclass softmax form, with optional per-class α weights.
 
     With ``p_y = softmax(f(x))_y`` the probability of the true class::
@@ -233,23 +265,12 @@ class FocalLoss(nn.Module):
             self.alpha: Tensor | None = None
         self.num_classes = num_classes
 
-    def forward(
-        self, logits: Tensor, targets: Tensor, groups: Tensor | None = None, reduction: Reduction = "mean"
-    ) -> Tensor:
-        """Compute the focal loss; ``groups`` is accepted for a uniform call signature and ignored.
+    def expected_classes(self, logits: Tensor) -> int:
+        """``num_classes`` when known (from ``alpha`` or the constructor), else the width of the logits."""
+        return self.num_classes if self.num_classes is not None else (logits.shape[-1] if logits.dim() else 0)
 
-        Args:
-            logits: model outputs, shape (N, K).
-            targets: class labels in [0, K), shape (N,).
-            groups: ignored.
-            reduction: ``"mean"`` (Σ_i ℓ_i / N), ``"sum"`` or ``"none"``.
-
-        Returns:
-            The reduced loss, or per-sample losses of shape (N,) for ``reduction="none"``.
-        """
-        num_classes = self.num_classes if self.num_classes is not None else (logits.shape[-1] if logits.dim() else 0)
-        check_inputs(logits, targets, None, num_classes, None)
-        _check_reduction(reduction)
+    def loss_terms(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Per-sample focal losses (α-weighted; their mean is ``Σ_i ℓ_i / N``), no sample weights."""
         log_norm = torch.logsumexp(logits, dim=1)
         per_sample = log_norm - logits.gather(1, targets[:, None]).squeeze(1)  # −log p_y
         if self.gamma != 0:
@@ -260,7 +281,7 @@ class FocalLoss(nn.Module):
             per_sample = torch.exp(self.gamma * log_miss) * per_sample
         if self.alpha is not None:
             per_sample = self.alpha.to(logits.dtype)[targets] * per_sample
-        return reduce_loss(per_sample, reduction)
+        return per_sample, None
 
     def extra_repr(self) -> str:
         """Summary shown by ``print(module)``."""

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import copy
-import math
-import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -15,25 +11,32 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
-from torch._dynamo import OptimizedModule  # what torch.compile(module) returns (Lightning imports it so too)
 from torch.optim import Optimizer
 
-from lightning_autobalance.data.split import HeldOutSplit, check_seed, resolve_seed
-from lightning_autobalance.hypergrad import LinearSolver
+from lightning_autobalance.autobalance_checks import (
+    check_compiled,
+    check_module,
+    check_schedule,
+    check_search_data,
+)
+from lightning_autobalance.autobalance_checks import check_strategy as _check_strategy
+from lightning_autobalance.autobalance_options import AutoBalanceOptions, HyperOptimizerFactory
+from lightning_autobalance.data.split import resolve_seed
 from lightning_autobalance.hyperstep import HyperStepContext, HyperStepEngine, LastLayer, make_engine
 from lightning_autobalance.learned_loss import load_loss, save_loss
-from lightning_autobalance.losses import HPARAM_KINDS, PRESETS, ParametricCrossEntropy
+from lightning_autobalance.losses import ParametricCrossEntropy
 from lightning_autobalance.mixin import AutoBalanceMixin
-from lightning_autobalance.objectives import Objective, balanced_cross_entropy, get_objective
+from lightning_autobalance.objectives import get_objective
+from lightning_autobalance.options import keyword_signature, options_from
 from lightning_autobalance.posthoc import adjust_logits, fit_logit_adjustment
+from lightning_autobalance.protocols import TrainBatchPolicy
+from lightning_autobalance.update import UpdateResult, apply_hypergradient
 
-__all__ = ["AutoBalance"]
+__all__ = ["AutoBalance", "AutoBalanceOptions", "HyperOptimizerFactory"]
 
 STATE_VERSION = 1
-HyperOptimizerFactory = Callable[[Iterable[Tensor]], Optimizer]
 
 
 class AutoBalance(Callback):
@@ -116,118 +119,28 @@ class AutoBalance(Callback):
     """
 
     load_loss = staticmethod(load_loss)
+    __signature__ = keyword_signature(AutoBalanceOptions)  # the flat keywords, for help() and inspect.signature
 
-    def __init__(
-        self,
-        *,
-        preset: str = "ce",
-        learn: Sequence[str] = ("delta", "iota"),
-        tau: float = 1.0,
-        gamma: float = 0.3,
-        block_size: int = 1,
-        delta_parameterization: str = "sigmoid",
-        loss: ParametricCrossEntropy | None = None,
-        objective: str | Objective = "balanced",
-        warmup_epochs: int = 10,
-        every_n_steps: int = 10,
-        train_batches: int = 2,
-        heldout_batches: int = 2,
-        batch_size: int | None = 256,
-        hyper_optimizer: HyperOptimizerFactory | None = None,
-        hyper_lr: float = 0.01,
-        engine: str | HyperStepEngine = "default",
-        solver: LinearSolver | None = None,
-        export_path: str | os.PathLike[str] | None = None,
-        seed: int | None = None,
-        check_sync: bool = True,
-        max_hypergrad_norm: float | None = None,
-        bounds: Mapping[str, Sequence[float]] | None = None,
-        posthoc: bool = False,
-    ) -> None:
+    def __init__(self, **options: Any) -> None:
         super().__init__()
-        if loss is None and preset not in PRESETS:
-            raise ValueError(f"Unknown loss preset {preset!r}: choose one of {', '.join(PRESETS)}.")
-        learn = (learn,) if isinstance(learn, str) else tuple(learn)  # a single name is accepted
-        if loss is None and (not learn or set(learn) - set(HPARAM_KINDS)):
-            raise ValueError(f"learn must name at least one of {', '.join(HPARAM_KINDS)}, got {list(learn)}.")
-        if loss is not None and not loss.learnable:
-            raise ValueError(
-                "The loss passed to AutoBalance has nothing learnable (learnable=()): build it with learnable=[...], "
-                "e.g. ParametricCrossEntropy(num_classes, learnable=['delta', 'iota'])."
-            )
-        for name, value, minimum in (
-            ("warmup_epochs", warmup_epochs, 0),
-            ("every_n_steps", every_n_steps, 1),
-            ("train_batches", train_batches, 1),
-            ("heldout_batches", heldout_batches, 1),
-            ("block_size", block_size, 1),
-        ):
-            if not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}.")
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-        ):
-            raise ValueError(
-                f"batch_size must be an integer ≥ 1, or None for the training loader's, got {batch_size!r}."
-            )
-        if isinstance(hyper_lr, bool) or not isinstance(hyper_lr, (int, float)) or not 0 < hyper_lr < math.inf:
-            raise ValueError(f"hyper_lr must be a positive number, got {hyper_lr!r}: e.g. hyper_lr=0.01.")
-        if max_hypergrad_norm is not None and (
-            isinstance(max_hypergrad_norm, bool)
-            or not isinstance(max_hypergrad_norm, (int, float))
-            or not 0 < max_hypergrad_norm < math.inf
-        ):
-            raise ValueError(
-                f"max_hypergrad_norm must be a finite positive number (e.g. 1.0) or None for no clipping, got "
-                f"{max_hypergrad_norm!r}."
-            )
-        learned = loss.learnable if loss is not None else learn
-        if bounds is not None and not isinstance(bounds, Mapping):
-            raise TypeError(f"bounds must be a dict {{kind: (low, high)}} such as {{'iota': (-5, 5)}}, got {bounds!r}.")
-        for kind, pair in (bounds or {}).items():
-            if kind not in learned:
-                raise ValueError(
-                    f"bounds names {kind!r}, which this AutoBalance does not learn (learn={list(learned)}): use one of "
-                    f"{', '.join(map(repr, learned))} or add {kind!r} to learn."
-                )
-            if (
-                not isinstance(pair, Sequence)
-                or isinstance(pair, str)
-                or len(pair) != 2
-                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) for v in pair)
-                or not pair[0] < pair[1]
-            ):
-                raise ValueError(
-                    f"bounds[{kind!r}] must be a pair (low, high) of numbers with low < high (±inf allowed), got "
-                    f"{pair!r}: e.g. bounds={{{kind!r}: (-5.0, 5.0)}}."
-                )
-            if kind != "iota" and pair[0] < 0:
-                raise ValueError(
-                    f"bounds[{kind!r}] = {tuple(pair)!r} has a negative low, but {kind} is positive: use a low ≥ 0 "
-                    f"(0 for no lower bound), e.g. (0, {pair[1]})."
-                )
-        self.preset, self.learn, self.tau, self.gamma = preset, learn, tau, gamma
-        self.block_size, self.delta_parameterization, self.initial_loss = block_size, delta_parameterization, loss
-        self.objective = get_objective(objective)
-        self.warmup_epochs, self.every_n_steps = warmup_epochs, every_n_steps
-        self.train_batches, self.heldout_batches, self.batch_size = train_batches, heldout_batches, batch_size
-        self.hyper_optimizer_factory = hyper_optimizer or partial(torch.optim.Adam, lr=hyper_lr)
-        self.solver = solver
-        self.engine: HyperStepEngine = make_engine(engine, solver, cache_size=train_batches)
-        self.export_path = None if export_path is None else Path(export_path)
-        check_seed("AutoBalance", seed)
-        self.seed = seed  # None: resolved at setup from seed_everything's seed (or 0)
-        self.check_sync = check_sync
-        self.max_hypergrad_norm = None if max_hypergrad_norm is None else float(max_hypergrad_norm)
-        self.bounds = {k: (float(lo), float(hi)) for k, (lo, hi) in (bounds or {}).items()}
-        if not isinstance(posthoc, bool):
-            raise TypeError(f"posthoc must be True or False, got {posthoc!r}.")
-        if posthoc and self.objective is not balanced_cross_entropy:
-            raise ValueError(
-                f"posthoc=True fits a logit adjustment for the balanced error, but the objective is {objective!r}: "
-                "use objective='balanced' or posthoc=False."
-            )
-        self.posthoc = posthoc
+        self.options: AutoBalanceOptions = options_from(AutoBalanceOptions, "AutoBalance", options)
+        o = self.options
+        self.preset, self.learn, self.tau, self.gamma = o.preset, o.learn, o.tau, o.gamma
+        self.block_size, self.delta_parameterization, self.initial_loss = o.block_size, o.delta_parameterization, o.loss
+        self.objective = get_objective(o.objective)
+        self.warmup_epochs, self.every_n_steps = o.warmup_epochs, o.every_n_steps
+        self.train_batches, self.heldout_batches, self.batch_size = o.train_batches, o.heldout_batches, o.batch_size
+        self.hyper_optimizer_factory: HyperOptimizerFactory = o.hyper_optimizer or partial(
+            torch.optim.Adam, lr=o.hyper_lr
+        )
+        self.solver = o.solver
+        self.engine: HyperStepEngine = make_engine(o.engine, o.solver, cache_size=o.train_batches)
+        self.export_path = None if o.export_path is None else Path(o.export_path)
+        self.seed = o.seed  # None: resolved at setup from seed_everything's seed (or 0)
+        self.check_sync = o.check_sync
+        self.max_hypergrad_norm = None if o.max_hypergrad_norm is None else float(o.max_hypergrad_norm)
+        self.bounds = {k: (float(lo), float(hi)) for k, (lo, hi) in (o.bounds or {}).items()}
+        self.posthoc = o.posthoc
         self.posthoc_tau: float | None = None
 
         self.loss: ParametricCrossEntropy | None = None
@@ -236,58 +149,25 @@ class AutoBalance(Callback):
         self.skipped_steps = 0
         self.last_skip_cause = ""
         self.clipped_steps = 0
-        self.run_seed = 0 if seed is None else seed
+        self.run_seed = 0 if o.seed is None else o.seed
         self.exported_path: Path | None = None
         self._pending_state: dict[str, Any] | None = None
         self._last_step = -1
+
+    __init__.__signature__ = keyword_signature(AutoBalanceOptions, ("self",))  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ set-up
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Check the module and data, install the tunable loss and create the hyper-optimizer."""
         if stage != "fit":
             return
-        if not isinstance(pl_module, AutoBalanceMixin):
-            raise TypeError(
-                f"AutoBalance needs a LightningModule with AutoBalanceMixin, got {type(pl_module).__name__}: declare "
-                f"`class {type(pl_module).__name__}(AutoBalanceMixin, LightningModule)` and compute the training "
-                "loss with `self.autobalance_loss(logits, y)`."
-            )
+        check_module(pl_module)
         _check_strategy(trainer)
-        datamodule = trainer.datamodule
-        if not isinstance(datamodule, HeldOutSplit):
-            raise TypeError(
-                "AutoBalance tunes the loss on a held-out split of the training data: pass the datamodule wrapped as "
-                "`trainer.fit(model, datamodule=HeldOutSplit(datamodule, fraction=0.2))`"
-                f" (got {type(datamodule).__name__})."
-            )
-        if getattr(self.objective, "requires_groups", False) and datamodule.num_groups == 1:
-            raise ValueError(
-                f"The objective {type(self.objective).__name__} needs group labels, but the training data has none: "
-                "return (x, y, g) batches (or a data set with a `groups` attribute), or use objective='balanced'."
-            )
-        if getattr(self.objective, "requires_groups", False):
-            missing = torch.nonzero(datamodule.heldout_group_class_counts.sum(1) == 0).flatten().tolist()
-            if missing:
-                raise ValueError(
-                    f"Groups {missing} have no held-out sample, so {type(self.objective).__name__} cannot see them: "
-                    f"group labels must be 0..{datamodule.num_groups - 1} with every group present (renumber them), "
-                    "or add samples of these groups."
-                )
-        if self.posthoc and datamodule.num_groups > 1:
-            raise ValueError(
-                f"posthoc=True fits one logit adjustment for the balanced error, but the data has "
-                f"{datamodule.num_groups} groups: use posthoc=False with group objectives."
-            )
-        absent = torch.nonzero(datamodule.heldout_class_counts == 0).flatten().tolist()
-        if absent:
-            raise ValueError(
-                f"Classes {absent} have no held-out sample, so the held-out objective cannot see them: add samples "
-                "of these classes, raise the HeldOutSplit fraction, or set num_classes to the classes present."
-            )
-        self._check_schedule(trainer)
+        datamodule = check_search_data(trainer.datamodule, self.objective, self.posthoc)
+        check_schedule(trainer.max_epochs, self.warmup_epochs)
         self.run_seed = resolve_seed(self.seed)
         if self.loss is None:
-            self.loss = self._build_loss(datamodule)
+            self.loss = self.options.starting_loss(datamodule)
             if hasattr(self.loss, "augmentation_seed"):
                 self.loss.augmentation_seed = self.run_seed  # training-time augmentation draws follow the run's seed
         self._warn_if_replacing(pl_module)
@@ -307,26 +187,7 @@ class AutoBalance(Callback):
         network with substituted weights, which a compiled module does not support).
         """
         all_weights = not isinstance(self.engine, LastLayer) or self.engine.uses_fallback(pl_module)
-        compiled = [name for name, module in pl_module.named_modules() if isinstance(module, OptimizedModule)]
-        if all_weights and compiled:
-            raise ValueError(
-                f"AutoBalance: {type(pl_module).__name__} has torch.compile-d submodules ({', '.join(compiled)}), but "
-                f"the hyper-step engine {type(self.engine).__name__} differentiates the whole network with substituted "
-                "weights, which compiled modules do not support. Define `autobalance_features(x)` and "
-                "`autobalance_head()` on the module so the default last-layer engine runs (it works with compiled "
-                "networks), or do not compile during the search (e.g. model.compile=false) and compile for retraining."
-            )
-
-    def _check_schedule(self, trainer: pl.Trainer) -> None:
-        """Refuse a fit that ends before the first hyper-step (the 'learned' loss would be the initial one)."""
-        max_epochs = trainer.max_epochs
-        if max_epochs is not None and max_epochs >= 0 and max_epochs <= self.warmup_epochs:
-            raise ValueError(
-                f"AutoBalance(warmup_epochs={self.warmup_epochs}) keeps α frozen for the first {self.warmup_epochs} "
-                f"epochs, but the Trainer stops after max_epochs={max_epochs}: no hyper-step would run and the "
-                f"exported loss would be the initial one. Lower warmup_epochs (e.g. AutoBalance(warmup_epochs="
-                f"{max(0, max_epochs // 3)})) or raise the Trainer's max_epochs above {self.warmup_epochs}."
-            )
+        check_compiled(pl_module, self.engine, all_weights)
 
     def _warn_if_replacing(self, pl_module: AutoBalanceMixin) -> None:
         """Warn when installing the search's loss replaces a loss that is not plain cross-entropy."""
@@ -344,35 +205,6 @@ class AutoBalance(Callback):
             category=UserWarning,
         )
 
-    def _build_loss(self, datamodule: HeldOutSplit) -> ParametricCrossEntropy:
-        if self.initial_loss is not None:
-            if self.initial_loss.num_classes != datamodule.num_classes:
-                raise ValueError(
-                    f"The loss given to AutoBalance has num_classes={self.initial_loss.num_classes} but the data has "
-                    f"{datamodule.num_classes} classes."
-                )
-            return self.initial_loss
-        # The training split's (group, class) counts: each group's row starts at the preset of its own cells (with
-        # one group this is the class preset).
-        cells = datamodule.group_class_counts
-        empty = torch.nonzero(cells == 0).tolist()
-        if self.preset != "ce" and empty:
-            raise ValueError(
-                f"Preset {self.preset!r} starts each (group, class) cell from its training count, but the cells "
-                f"(group, class) {empty} have no training sample: use preset='ce', merge the empty groups, or pass "
-                f"loss=ParametricCrossEntropy.from_preset({self.preset!r}, class_counts, "
-                f"num_groups={datamodule.num_groups}) to start every group from the class preset."
-            )
-        return ParametricCrossEntropy.from_preset(
-            self.preset,
-            group_counts=cells.tolist(),
-            tau=self.tau,
-            gamma=self.gamma,
-            learnable=self.learn,
-            block_size=self.block_size,
-            delta_parameterization=self.delta_parameterization,  # type: ignore[arg-type]
-        )
-
     # ------------------------------------------------------------------ schedule
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -386,26 +218,6 @@ class AutoBalance(Callback):
         self._last_step = step
         self.hyper_step(trainer, pl_module)
 
-    def _draw_batches(
-        self, dataset: Any, count: int, generator: torch.Generator, trainer: pl.Trainer
-    ) -> tuple[list[Any], int]:
-        """This process's share of ``count`` global batches drawn with ``generator`` (the same on every process).
-
-        Global batch ``b`` goes whole to process ``b mod world_size``, so the union over processes is exactly the draw
-        of a single process and no sample enters the objective twice.
-        """
-        template = self._datamodule._template
-        batch_size = self.batch_size or template.batch_size or 1
-        total = min(len(dataset), count * batch_size)
-        order = torch.randperm(len(dataset), generator=generator)[:total]
-        world, rank = trainer.world_size, trainer.global_rank
-        # nearly equal batches, so a remainder never makes a tiny batch (BatchNorm rejects a batch of one)
-        chunks = torch.tensor_split(order, max(world, math.ceil(total / batch_size)))
-        return [
-            trainer.strategy.batch_to_device(template.collate_fn([dataset[i] for i in chunk.tolist()]))
-            for chunk in chunks[rank::world]
-        ], len(chunks)
-
     def hyper_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
         """One hyper-step; returns whether α was updated.
 
@@ -416,95 +228,36 @@ class AutoBalance(Callback):
         The step is skipped (False; warned about and counted in ``skipped_steps``) when the hypergradient is not
         finite, or when the hyper-optimizer step makes α non-finite (α and the optimizer state are then restored). The
         hypergradient and α are identical on every process, so every process takes the same decision. Otherwise the
-        hypergradient is clipped to ``max_hypergrad_norm`` and α projected into ``bounds`` (when configured).
+        hypergradient is clipped to ``max_hypergrad_norm`` and α projected into ``bounds`` (when configured); see
+        :func:`~lightning_autobalance.update.apply_hypergradient`.
         """
         assert self.loss is not None and self.hyper_optimizer is not None
-        generator = torch.Generator().manual_seed(self.run_seed * 1_000_003 + self.hyper_steps)
-        needs_train = getattr(self.engine, "needs_train_batches", None)
-        if needs_train is None or needs_train(pl_module, self.loss):
-            train, num_train = self._draw_batches(
-                self._datamodule.train_dataset, self.train_batches, generator, trainer
-            )
-        else:  # the engine reuses the batches of recent weight steps
-            train, num_train = [], trainer.world_size
-        heldout, _ = self._draw_batches(self._datamodule.heldout_dataset, self.heldout_batches, generator, trainer)
-        world = trainer.world_size
-
-        loss_module = self.loss
-
-        def average(tensor: Tensor) -> Tensor:
-            return trainer.strategy.reduce(tensor, reduce_op="mean")
-
-        context = HyperStepContext(
-            module=pl_module,
-            loss=loss_module,
-            objective=self.objective,
-            train=train,
-            heldout=heldout,
-            train_weight=world / num_train,  # averaged over processes: the mean over all global batches
-            reduce=average,
-            gather=gather_across_processes if world > 1 else None,
-        )
+        seed = self.run_seed * 1_000_003 + self.hyper_steps
+        context = self._context(trainer, pl_module, torch.Generator().manual_seed(seed))
         # the personalized augmentation draws the same noise / partners every time the engine evaluates a batch
-        loss_module.train(pl_module.training)  # the inner loss is the training loss (augmentation on)
-        fixed = getattr(loss_module, "fixed_augmentation", None)
-        draws = nullcontext() if fixed is None else fixed(seed=self.run_seed * 1_000_003 + self.hyper_steps)
+        self.loss.train(pl_module.training)  # the inner loss is the training loss (augmentation on)
+        fixed = getattr(self.loss, "fixed_augmentation", None)
+        draws = nullcontext() if fixed is None else fixed(seed=seed)
         with torch.inference_mode(False), torch.enable_grad(), draws:
             result = self.engine(context)
-        names = list(result.grads)
-        flat = torch.cat([result.grads[n].reshape(-1) for n in names])
-        outer_value = result.outer
-        if not torch.isfinite(flat).all():
-            self.skipped_steps += 1
-            if not torch.isfinite(torch.as_tensor(outer_value)).all():
-                cause = "the held-out objective itself is not finite: check the held-out inputs and labels for NaN/inf"
-            else:
-                cause = "lower the hyper-learning rate or raise the solver's damping if this repeats"
-            self.last_skip_cause = cause
-            rank_zero_warn(
-                f"AutoBalance: non-finite hypergradient at step {trainer.global_step}; hyper-step skipped "
-                f"({self.skipped_steps} so far): {cause}."
-            )
-            self._log(trainer, {"autobalance/skipped_steps": float(self.skipped_steps)})
+        update = apply_hypergradient(
+            self.loss,
+            self.hyper_optimizer,
+            result.grads,
+            outer=result.outer,
+            max_norm=self.max_hypergrad_norm,
+            bounds=self.bounds,
+        )
+        self.clipped_steps += int(update.clipped)
+        if not update.applied:
+            self._report_skip(trainer, update)
             return False
-        grad_norm = flat.norm()  # logged before clipping
-        if self.max_hypergrad_norm is not None and grad_norm > self.max_hypergrad_norm:
-            flat = flat * (self.max_hypergrad_norm / grad_norm)
-            self.clipped_steps += 1
-        hparams = loss_module.hparams()
-        offset = 0
-        for name in names:
-            param = hparams[name]
-            param.grad = flat[offset : offset + param.numel()].view_as(param).clone()
-            offset += param.numel()
-        # α and the optimizer state before the step, to undo a step that makes α non-finite (α is small)
-        previous = {name: param.detach().clone() for name, param in hparams.items()}
-        previous_state = copy.deepcopy(self.hyper_optimizer.state_dict())
-        self.hyper_optimizer.step()
-        self.hyper_optimizer.zero_grad(set_to_none=True)
-        # finite before, non-finite after (a raw -inf is an augmentation that is off, not a fault)
-        broken = [n for n, p in hparams.items() if (torch.isfinite(previous[n]) & ~torch.isfinite(p.detach())).any()]
-        if broken:
-            with torch.no_grad():
-                for name, param in hparams.items():
-                    param.copy_(previous[name])
-            self.hyper_optimizer.load_state_dict(previous_state)
-            self.skipped_steps += 1
-            rank_zero_warn(
-                f"AutoBalance: the hyper-optimizer step made {', '.join(broken)} non-finite at step "
-                f"{trainer.global_step}; α and the hyper-optimizer state were restored and the hyper-step skipped "
-                f"({self.skipped_steps} so far). Lower the hyper-optimizer's lr, or set max_hypergrad_norm / bounds."
-            )
-            self._log(trainer, {"autobalance/skipped_steps": float(self.skipped_steps)})
-            return False
-        if self.bounds:
-            loss_module.project_(self.bounds)  # the box in raw units, within the parameterisation's range
         self.hyper_steps += 1
-        if self.check_sync and world > 1:
+        if self.check_sync and trainer.world_size > 1:
             self._check_identical_across_processes(trainer)
         metrics = {
-            "autobalance/objective": float(outer_value),
-            "autobalance/hypergrad_norm": float(grad_norm),
+            "autobalance/objective": float(result.outer),
+            "autobalance/hypergrad_norm": update.grad_norm,
             "autobalance/hyper_steps": float(self.hyper_steps),
             "autobalance/skipped_steps": float(self.skipped_steps),
         }
@@ -513,6 +266,60 @@ class AutoBalance(Callback):
         metrics.update(self.current_values())
         self._log(trainer, metrics)
         return True
+
+    def _context(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, generator: torch.Generator
+    ) -> HyperStepContext:
+        """The hyper-batches of this step (drawn with ``generator``) and how to average across processes."""
+        assert self.loss is not None
+        draw = partial(  # this process's share of the global batches (HeldOutSplit.sample_batches), on its device
+            self._datamodule.sample_batches,
+            generator=generator,
+            batch_size=self.batch_size,
+            world_size=trainer.world_size,
+            rank=trainer.global_rank,
+            to_device=trainer.strategy.batch_to_device,
+        )
+        reuses_batches = isinstance(self.engine, TrainBatchPolicy) and not self.engine.needs_train_batches(
+            pl_module, self.loss
+        )
+        if not reuses_batches:
+            train, num_train = draw(self._datamodule.train_dataset, self.train_batches)
+        else:  # the engine reuses the batches of recent weight steps
+            train, num_train = [], trainer.world_size
+        heldout, _ = draw(self._datamodule.heldout_dataset, self.heldout_batches)
+        world = trainer.world_size
+
+        def average(tensor: Tensor) -> Tensor:
+            return trainer.strategy.reduce(tensor, reduce_op="mean")
+
+        return HyperStepContext(
+            module=pl_module,
+            loss=self.loss,
+            objective=self.objective,
+            train=train,
+            heldout=heldout,
+            train_weight=world / num_train,  # averaged over processes: the mean over all global batches
+            reduce=average,
+            gather=gather_across_processes if world > 1 else None,
+        )
+
+    def _report_skip(self, trainer: pl.Trainer, update: UpdateResult) -> None:
+        """Count a refused hyper-step, warn why and log the count."""
+        self.skipped_steps += 1
+        if update.broken:
+            rank_zero_warn(
+                f"AutoBalance: the hyper-optimizer step made {', '.join(update.broken)} non-finite at step "
+                f"{trainer.global_step}; α and the hyper-optimizer state were restored and the hyper-step skipped "
+                f"({self.skipped_steps} so far). Lower the hyper-optimizer's lr, or set max_hypergrad_norm / bounds."
+            )
+        else:
+            self.last_skip_cause = update.cause
+            rank_zero_warn(
+                f"AutoBalance: non-finite hypergradient at step {trainer.global_step}; hyper-step skipped "
+                f"({self.skipped_steps} so far): {update.cause}."
+            )
+        self._log(trainer, {"autobalance/skipped_steps": float(self.skipped_steps)})
 
     def _check_identical_across_processes(self, trainer: pl.Trainer) -> None:
         """Fail loudly if α differs between processes (one small all-reduce of min and max)."""
@@ -666,18 +473,6 @@ class AutoBalance(Callback):
         self.run_seed = int(state.get("seed", self.run_seed))
         if hasattr(self.loss, "augmentation_seed"):
             self.loss.augmentation_seed = self.run_seed
-
-
-def _check_strategy(trainer: pl.Trainer) -> None:
-    strategy = trainer.strategy
-    supported = (
-        isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and "deepspeed" not in type(strategy).__name__.lower()
-    )
-    if not supported:
-        raise ValueError(
-            f"AutoBalance supports single-device training and the DDP strategies (ddp, ddp_spawn, "
-            f"ddp_find_unused_parameters_*), not {type(strategy).__name__}: use `Trainer(strategy='ddp')`."
-        )
 
 
 def gather_across_processes(

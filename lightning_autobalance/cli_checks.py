@@ -145,6 +145,19 @@ def check_config(cfg: DictConfig) -> None:
         ValueError: threads must be an integer ≥ 1 (torch.set_num_threads), got 0: e.g. threads=2.
     """
     phases = list(cfg.phases)
+    _check_phases(cfg, phases)
+    _check_seed_and_threads(cfg)
+    _check_phase_groups(cfg, phases)
+    if "data" in cfg:
+        _check_data(cfg)
+    if "trainer" in cfg:
+        _check_trainer(cfg.trainer)
+    if "model" in cfg and "data" in cfg:
+        _check_input_kinds(cfg)
+
+
+def _check_phases(cfg: DictConfig, phases: list[str]) -> None:
+    """Known phase names; a retrain phase has a loss to retrain with (the search's or ``learned_loss``), not both."""
     unknown = [p for p in phases if p not in PHASES]
     if unknown:
         raise ValueError(f"Unknown phases {unknown}: choose from {', '.join(PHASES)}.")
@@ -159,12 +172,19 @@ def check_config(cfg: DictConfig) -> None:
             f"learned_loss={retrain_from} retrains with a loss learned earlier, but phases also has 'search', which "
             "learns a new one: use phases=[retrain] (or [baseline,retrain]), or drop learned_loss."
         )
+
+
+def _check_seed_and_threads(cfg: DictConfig) -> None:
     seed = cfg.get("seed")
     if not _is_int(seed):
         raise TypeError(f"seed must be an integer, got {seed!r} ({type(seed).__name__}): e.g. seed=0.")
     threads = cfg.get("threads")
     if not _is_int(threads) or threads < 1:
         raise ValueError(f"threads must be an integer ≥ 1 (torch.set_num_threads), got {threads!r}: e.g. threads=2.")
+
+
+def _check_phase_groups(cfg: DictConfig, phases: list[str]) -> None:
+    """The config groups of the phases ``phases`` lists: epochs, ``search``, ``jtt``, ``llr`` and ``resample``."""
     if any(p in phases for p in ("baseline", "retrain", "jtt", "llr")):
         _check_int("train.max_epochs", cfg.train.max_epochs, 1, "30")
     if "search" in phases:
@@ -179,12 +199,6 @@ def check_config(cfg: DictConfig) -> None:
             f"resample={cfg.resample.get('_target_', '?').rsplit('.', 1)[-1]} changes the baseline phase's training "
             f"set, but phases={phases} has no baseline: add baseline to phases, or drop resample (resample=null)."
         )
-    if "data" in cfg:
-        _check_data(cfg)
-    if "trainer" in cfg:
-        _check_trainer(cfg.trainer)
-    if "model" in cfg and "data" in cfg:
-        _check_input_kinds(cfg)
 
 
 def _check_heldout_fraction(cfg: DictConfig) -> None:

@@ -47,7 +47,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_autobalance.callback import AutoBalance
-from lightning_autobalance.data.labels import dataset_labels, group_class_counts
+from lightning_autobalance.data.labels import cell_index, dataset_labels, group_class_counts
 from lightning_autobalance.data.split import HeldOutSplit
 from lightning_autobalance.losses import ParametricCrossEntropy, as_counts, as_group_counts, check_inputs, plain_data
 from lightning_autobalance.mixin import AutoBalanceMixin, PlainCrossEntropy
@@ -87,6 +87,15 @@ def _check_count(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}.")
     return value
+
+
+def _check_state_version(state: dict[str, Any]) -> None:
+    """A checkpoint's GroupDRO state is of the version this package reads, or a ``ValueError`` naming both."""
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(
+            f"This checkpoint holds GroupDRO state version {state.get('version')!r}, this version reads "
+            f"{STATE_VERSION}: resume with the lightning-autobalance version that wrote it."
+        )
 
 
 def _all_reduce_sum(tensor: Tensor) -> int:
@@ -240,8 +249,9 @@ class GroupDROLoss(nn.Module):
 
     def dro_groups(self, targets: Tensor, groups: Tensor | None) -> Tensor:
         """The DRO group of every sample: ``g * K + y`` (class-group cells) or ``g``."""
-        data_groups = torch.zeros_like(targets) if groups is None else groups.to(targets.device)
-        return data_groups * self.num_classes + targets if self.over == "class_group" else data_groups
+        if self.over == "class_group":
+            return cell_index(targets, groups, self.num_classes)
+        return torch.zeros_like(targets) if groups is None else groups.to(targets.device)
 
     def worst_group_loss(self) -> float:
         """The largest mean loss among the DRO groups present in the last training batch (NaN before any)."""
@@ -465,11 +475,7 @@ class GroupDRO(Callback):
         """Restore what :meth:`state_dict` saved (applied at ``setup`` if the loss does not exist yet)."""
         if not state_dict:
             return
-        if state_dict.get("version") != STATE_VERSION:
-            raise ValueError(
-                f"This checkpoint holds GroupDRO state version {state_dict.get('version')!r}, this version reads "
-                f"{STATE_VERSION}: resume with the lightning-autobalance version that wrote it."
-            )
+        _check_state_version(state_dict)
         if self.loss is None:
             self._pending_state = state_dict
         else:

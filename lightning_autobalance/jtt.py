@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import move_data_to_device, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
+from lightning_autobalance.batches import unpack_batch
 from lightning_autobalance.data.labels import dataset_labels, group_class_counts
 from lightning_autobalance.data.resample import Upsample
 
@@ -57,12 +58,12 @@ def _logits_and_targets(model: nn.Module, batch: Any, device: torch.device | Non
     if hasattr(model, "autobalance_forward"):
         logits, targets, _ = model.autobalance_forward(batch)
         return logits, targets
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise ValueError(
-            f"error_set expects (x, y) or (x, y, g) batches, got {type(batch).__name__}: give the model an "
-            "autobalance_forward(batch) -> (logits, targets, groups) (AutoBalanceMixin has one)."
-        )
-    return model(batch[0]), batch[1]
+    x, targets, _ = unpack_batch(
+        batch,
+        user="error_set",
+        advice="give the model an autobalance_forward(batch) -> (logits, targets, groups) (AutoBalanceMixin has one).",
+    )
+    return model(x), targets
 
 
 @torch.no_grad()
@@ -227,7 +228,8 @@ def jtt(
         )
     upsampled = Upsample(datamodule, errors, upweight, seed=seed)
     upsampled.setup("fit")  # Lightning calls it again (a no-op) at fit; here to check the data did not change
-    again, _ = dataset_labels(upsampled._template.dataset)  # type: ignore[union-attr]
+    trained = upsampled.train_dataset  # a Subset of the wrapped datamodule's training set, as it is now
+    again, _ = dataset_labels(trained.dataset)  # type: ignore[attr-defined]
     if not torch.equal(again, targets):
         raise ValueError(
             f"jtt: the training set of {type(datamodule).__name__} changed between the stages (its setup('fit') "

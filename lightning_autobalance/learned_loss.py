@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 import yaml
 
+from lightning_autobalance.files import write_atomic
 from lightning_autobalance.losses import AUGMENTATION_KINDS, HPARAM_KINDS, ParametricCrossEntropy
 
 __all__ = [
@@ -78,20 +78,7 @@ def loss_to_dict(loss: ParametricCrossEntropy, metadata: Mapping[str, Any] | Non
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a written report should read like any other file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def save_loss(
@@ -220,6 +207,36 @@ def loss_from_dict(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
     path = source
+    version, file_groups, file_classes = _read_header(data, path, num_classes, num_groups)
+    blocks = _require(data, "blocks", list, path)
+    raw = _require(data, "raw", dict, path)
+    try:
+        loss = ParametricCrossEntropy(
+            file_classes,
+            file_groups,
+            learnable=learnable,
+            blocks=blocks,
+            delta_parameterization=_require(data, "delta_parameterization", str, path),
+            delta_max=float(_require(data, "delta_max", (int, float), path)),
+        )
+        with torch.no_grad():
+            for kind in HPARAM_KINDS:
+                if version == 1 and kind in AUGMENTATION_KINDS:
+                    continue  # not in version 1: the augmentation stays off
+                _copy_raw(loss, kind, raw, path)
+        if version >= 3:
+            _set_prediction_shift(loss, data, path)
+    except LearnedLossError:
+        raise
+    except (KeyError, TypeError, ValueError) as error:
+        raise LearnedLossError(f"{path}: inconsistent learned-loss file: {error}") from None
+    return loss
+
+
+def _read_header(
+    data: Any, path: str | os.PathLike[str], num_classes: int | None, num_groups: int | None
+) -> tuple[int, int, int]:
+    """Format, version and shape of a learned-loss description: ``(version, num_groups, num_classes)``."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise LearnedLossError(f"{path} is not a lightning-autobalance learned-loss file (expected format: {FORMAT}).")
     version = data.get("version")
@@ -237,49 +254,36 @@ def loss_from_dict(
             f"this model and data expect {expected}: load the file learned for this data set and model, or re-run "
             "the search phase on it."
         )
-    blocks = _require(data, "blocks", list, path)
-    raw = _require(data, "raw", dict, path)
-    try:
-        loss = ParametricCrossEntropy(
-            file_classes,
-            file_groups,
-            learnable=learnable,
-            blocks=blocks,
-            delta_parameterization=_require(data, "delta_parameterization", str, path),
-            delta_max=float(_require(data, "delta_max", (int, float), path)),
+    return version, file_groups, file_classes
+
+
+def _copy_raw(loss: ParametricCrossEntropy, kind: str, raw: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Check the file's raw values of ``kind`` and copy them into ``loss`` (under ``torch.no_grad``)."""
+    target = getattr(loss, f"raw_{kind}")
+    if kind not in raw:
+        raise LearnedLossError(f"{path}: the learned-loss file has no raw {kind}; it may be truncated.")
+    values = torch.tensor(raw[kind], dtype=target.dtype)
+    if values.shape != target.shape:
+        raise LearnedLossError(
+            f"{path}: raw {kind} has shape {tuple(values.shape)}, expected {tuple(target.shape)} for "
+            f"{loss.num_groups} group(s) and {loss.num_blocks} block(s)."
         )
-        with torch.no_grad():
-            for kind in HPARAM_KINDS:
-                target = getattr(loss, f"raw_{kind}")
-                if version == 1 and kind in AUGMENTATION_KINDS:
-                    continue  # not in version 1: the augmentation stays off
-                if kind not in raw:
-                    raise LearnedLossError(f"{path}: the learned-loss file has no raw {kind}; it may be truncated.")
-                values = torch.tensor(raw[kind], dtype=target.dtype)
-                if values.shape != target.shape:
-                    raise LearnedLossError(
-                        f"{path}: raw {kind} has shape {tuple(values.shape)}, expected {tuple(target.shape)} for "
-                        f"{file_groups} group(s) and {loss.num_blocks} block(s)."
-                    )
-                off = values == -math.inf if kind in AUGMENTATION_KINDS else torch.zeros_like(values, dtype=torch.bool)
-                if not torch.isfinite(values[~off]).all():
-                    raise LearnedLossError(f"{path}: raw {kind} contains non-finite values.")
-                if kind in loss.learnable and off.any():
-                    raise LearnedLossError(
-                        f"{path}: {kind} is off (0) in this file, so it cannot be made learnable: drop {kind!r} "
-                        "from learnable or start from a loss with a positive initial value."
-                    )
-                target.copy_(values)
-        if version >= 3:
-            shift = torch.tensor(_require(data, "prediction_shift", list, path), dtype=torch.float64)
-            if shift.shape != loss.prediction_shift.shape or not bool(torch.isfinite(shift).all()):
-                raise LearnedLossError(
-                    f"{path}: prediction_shift should be {tuple(loss.prediction_shift.shape)} finite values, got "
-                    f"{shift.tolist()}."
-                )
-            loss.set_prediction_shift(shift)
-    except LearnedLossError:
-        raise
-    except (KeyError, TypeError, ValueError) as error:
-        raise LearnedLossError(f"{path}: inconsistent learned-loss file: {error}") from None
-    return loss
+    off = values == -math.inf if kind in AUGMENTATION_KINDS else torch.zeros_like(values, dtype=torch.bool)
+    if not torch.isfinite(values[~off]).all():
+        raise LearnedLossError(f"{path}: raw {kind} contains non-finite values.")
+    if kind in loss.learnable and off.any():
+        raise LearnedLossError(
+            f"{path}: {kind} is off (0) in this file, so it cannot be made learnable: drop {kind!r} "
+            "from learnable or start from a loss with a positive initial value."
+        )
+    target.copy_(values)
+
+
+def _set_prediction_shift(loss: ParametricCrossEntropy, data: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    shift = torch.tensor(_require(data, "prediction_shift", list, path), dtype=torch.float64)
+    if shift.shape != loss.prediction_shift.shape or not bool(torch.isfinite(shift).all()):
+        raise LearnedLossError(
+            f"{path}: prediction_shift should be {tuple(loss.prediction_shift.shape)} finite values, got "
+            f"{shift.tolist()}."
+        )
+    loss.set_prediction_shift(shift)

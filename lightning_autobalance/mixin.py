@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from torchmetrics import MetricCollection
 
 from lightning_autobalance import metrics as M
+from lightning_autobalance.batches import unpack_batch
 from lightning_autobalance.learned_loss import CHECKPOINT_KEY, loss_from_dict, loss_to_dict
 from lightning_autobalance.losses import ParametricCrossEntropy
 
@@ -124,14 +125,12 @@ class AutoBalanceMixin:
         The AutoBalance callback calls this with substituted weights during hyper-steps, so it must compute the
         logits from the module's own parameters (``self(x)`` does).
         """
-        if not isinstance(batch, Sequence) or len(batch) not in (2, 3):
-            raise ValueError(
-                f"The default autobalance_forward expects (x, y) or (x, y, g) batches, got {type(batch).__name__}"
-                f"{f' of length {len(batch)}' if isinstance(batch, Sequence) else ''}: override "
-                "autobalance_forward(batch) -> (logits, targets, groups) in your LightningModule."
-            )
-        x, y, *rest = batch
-        return self(x), y, rest[0] if rest else None  # type: ignore[operator]
+        x, y, groups = unpack_batch(
+            batch,
+            user="The default autobalance_forward",
+            advice="override autobalance_forward(batch) -> (logits, targets, groups) in your LightningModule.",
+        )
+        return self(x), y, groups  # type: ignore[operator]
 
     def autobalance_step_loss(self, batch: Any) -> Tensor:
         """Loss of a batch under the current AutoBalance loss (for ``training_step``)."""

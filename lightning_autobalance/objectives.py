@@ -61,6 +61,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_autobalance.data.labels import cell_index
+
 __all__ = [
     "OBJECTIVES",
     "Blend",
@@ -77,6 +79,9 @@ __all__ = [
     "worst_group_loss",
 ]
 
+#: The package's objective: what AutoBalance minimises on held-out samples, ``objective(logits, targets, groups) ->
+#: scalar`` (``groups`` may be ``None``). The hypergradient engines' level objectives, functions of the parameter and
+#: hyper-parameter dicts, are another type (:data:`lightning_autobalance.hypergrad.LevelObjective`).
 Objective = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 Over = Literal["class_group", "group", "class"]
 Reduction = Literal["max", "mean"]
@@ -152,7 +157,7 @@ def cell_mean_losses(
         groups = torch.zeros_like(targets)
     if num_groups is None:
         num_groups = int(groups.max()) + 1 if groups.numel() else 1
-    cells = groups.long() * num_classes + targets.long()
+    cells = cell_index(targets, groups, num_classes)
     size = num_groups * num_classes
     sums = torch.zeros(size, dtype=losses.dtype, device=losses.device).index_add(0, cells, losses)
     counts = torch.bincount(cells, minlength=size)
@@ -187,6 +192,16 @@ def _check_temperature(temperature: float) -> float:
 def _check_reduction(reduction: str) -> None:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be 'max' or 'mean', got {reduction!r}.")
+
+
+def _gap_inputs(
+    name: str, logits: Tensor, targets: Tensor, groups: Tensor | None, reduction: str, temperature: float
+) -> tuple[Tensor, float]:
+    """Check the arguments of a gap objective: the group labels (required) and the checked temperature."""
+    temperature = _check_temperature(temperature)
+    _check_reduction(reduction)
+    _check_inputs(logits, targets, groups)
+    return _require_groups(name, groups), temperature
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -308,10 +323,7 @@ def equal_opportunity_gap_loss(
         >>> bool(torch.isclose(equal_opportunity_gap_loss(logits, y, g), ce[1] - ce[0]))
         True
     """
-    temperature = _check_temperature(temperature)
-    _check_reduction(reduction)
-    _check_inputs(logits, targets, groups)
-    groups = _require_groups("equal_opportunity_gap", groups)
+    groups, temperature = _gap_inputs("equal_opportunity_gap", logits, targets, groups, reduction, temperature)
     num_classes = logits.shape[1]
     per_sample = F.cross_entropy(logits, targets, reduction="none")
     means, present = cell_mean_losses(per_sample, targets, groups, num_classes)
@@ -341,14 +353,8 @@ def equalized_odds_gap_loss(
 
     Positive loss of class ``k`` in group ``g``: mean CE of the samples of class ``k``; negative loss: mean of
     :math:`-\log(1 - p_k(x))` over the samples of the group whose class is not ``k`` (the one-vs-rest surrogates of
-    the TPR and the FPR). Binary tasks: ``k = 1``, and the negative loss is the mean CE of class 0.
-
-    Args:
-        logits: raw model outputs (N, K).
-        targets: labels (N,).
-        groups: group labels (N,) (required).
-        reduction: ``"max"`` or ``"mean"`` over the positive classes with a defined gap.
-        temperature: 0 for max − min over groups, > 0 for smooth max − smooth min.
+    the TPR and the FPR). Binary tasks: ``k = 1``, and the negative loss is the mean CE of class 0. The arguments are
+    those of :func:`equal_opportunity_gap_loss`.
 
     Example:
         >>> logits = torch.tensor([[0.0, 2.0], [0.0, -1.0], [1.0, 0.0], [0.0, 0.0]])
@@ -358,10 +364,7 @@ def equalized_odds_gap_loss(
         >>> bool(torch.isclose(equalized_odds_gap_loss(logits, y, g), expected))
         True
     """
-    temperature = _check_temperature(temperature)
-    _check_reduction(reduction)
-    _check_inputs(logits, targets, groups)
-    groups = _require_groups("equalized_odds_gap", groups)
+    groups, temperature = _gap_inputs("equalized_odds_gap", logits, targets, groups, reduction, temperature)
     num_classes = logits.shape[1]
     num_groups = int(groups.max()) + 1 if groups.numel() else 1
     positive = _positive_classes(num_classes)
@@ -453,13 +456,12 @@ class EqualOpportunityGap(_GapObjective):
 class EqualizedOddsGap(_GapObjective):
     """Equalized-odds gap of the cross-entropy over groups; see :func:`equalized_odds_gap_loss`.
 
-    Args:
-        reduction: ``"max"`` (default) or ``"mean"`` over positive classes (multiclass only).
-        temperature: 0 (default) for max − min over groups, > 0 for the smooth version.
+    Takes the arguments of :class:`EqualOpportunityGap` (``reduction``, ``temperature``).
 
     Example:
-        >>> EqualizedOddsGap()(torch.zeros(4, 2), torch.tensor([1, 1, 0, 0]), torch.tensor([0, 1, 0, 1]))
-        tensor(0.)
+        >>> objective = EqualizedOddsGap(reduction="mean")
+        >>> objective, objective(torch.zeros(4, 2), torch.tensor([1, 1, 0, 0]), torch.tensor([0, 1, 0, 1]))
+        (EqualizedOddsGap(reduction='mean', temperature=0.0), tensor(0.))
     """
 
     _function = staticmethod(equalized_odds_gap_loss)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,6 +21,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from lightning_autobalance.losses import ParametricCrossEntropy
+
+from lightning_autobalance.files import write_atomic
 
 __all__ = ["KIND_LABELS", "alpha_trajectories", "plot_alpha_trajectory", "plot_results"]
 
@@ -38,10 +39,7 @@ _STEP_COLUMNS = ("autobalance/hyper_steps", "step")
 
 
 def _save_atomically(fig: Any, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=120))
 
 
 def _number(value: Any) -> float | None:

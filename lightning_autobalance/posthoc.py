@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lightning_autobalance.losses.priors import class_priors
 from lightning_autobalance.objectives import balanced_cross_entropy
 
 __all__ = ["adjust_logits", "fit_logit_adjustment"]
@@ -47,7 +48,7 @@ def _log_prior(class_counts: Sequence[float] | Tensor, num_classes: int) -> Tens
         raise ValueError(
             f"class_counts must be positive finite training counts (log π needs every class), got {counts.tolist()}."
         )
-    return torch.log(counts / counts.sum())
+    return torch.log(class_priors(counts))
 
 
 def adjust_logits(logits: Tensor, class_counts: Sequence[float] | Tensor, tau: float) -> Tensor:

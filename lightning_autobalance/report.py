@@ -15,13 +15,13 @@ Example:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
+from lightning_autobalance.files import write_atomic
 from lightning_autobalance.losses import ParametricCrossEntropy
 from lightning_autobalance.metrics import (
     balanced_error,
@@ -92,9 +92,7 @@ def save_logits(model: pl.LightningModule, loaders: dict[str, Any], path: Path) 
         arrays[f"{name}_logits"], arrays[f"{name}_targets"] = logits.float().cpu().numpy(), targets.cpu().numpy()
         if groups is not None:
             arrays[f"{name}_groups"] = groups.cpu().numpy()
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    write_atomic(path, lambda handle: np.savez(handle, **arrays))
 
 
 def test_report(model: pl.LightningModule, loader: Any, num_classes: int, num_groups: int = 1) -> dict[str, Any]:

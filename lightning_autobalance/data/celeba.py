@@ -34,8 +34,8 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.datasets import CelebA as TorchvisionCelebA
 
-from lightning_autobalance.data.image_splits import SplitGroupDataModule
-from lightning_autobalance.data.waterbirds import IMAGENET_MEAN, IMAGENET_STD
+from lightning_autobalance.data.image_splits import SplitGroupDataModule, open_torchvision
+from lightning_autobalance.data.image_transforms import group_dro_transform
 
 __all__ = [
     "CELEBA_ATTRIBUTES",
@@ -129,16 +129,7 @@ def celeba_transform(
         >>> celeba_transform(train=False).transforms[:2]
         [CenterCrop(size=(178, 178)), Resize(size=224, interpolation=bilinear, max_size=None, antialias=True)]
     """
-    normalize = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    if train and augment:
-        return T.Compose(
-            [
-                T.RandomResizedCrop(image_size, scale=(0.7, 1.0), ratio=(1.0, 4.0 / 3.0)),
-                T.RandomHorizontalFlip(),
-                *normalize,
-            ]
-        )
-    return T.Compose([T.CenterCrop(crop_size), T.Resize(image_size), *normalize])
+    return group_dro_transform(train and augment, image_size, 1.0, [T.CenterCrop(crop_size), T.Resize(image_size)])
 
 
 class _UncheckedCelebA(TorchvisionCelebA):
@@ -167,16 +158,13 @@ def open_celeba(root: str | Path, verify_md5: bool = True) -> TorchvisionCelebA:
             "nothing is downloaded."
         )
     cls = TorchvisionCelebA if verify_md5 else _UncheckedCelebA
-    try:
-        return cls(str(Path(root).expanduser()), split="all", target_type="attr", download=False)
-    except RuntimeError as err:
-        if not verify_md5 or "corrupted" not in str(err):
-            raise
-        raise RuntimeError(
-            f"The CelebA annotation files under {folder} do not match torchvision's MD5 checksums (a copy from another "
-            "source or re-saved files?). Replace them by the originals, or pass verify_md5=False to only check that "
-            "they exist."
-        ) from err
+    return open_torchvision(
+        lambda: cls(str(Path(root).expanduser()), split="all", target_type="attr", download=False),
+        verify_md5,
+        f"The CelebA annotation files under {folder} do not match torchvision's MD5 checksums (a copy from another "
+        "source or re-saved files?). Replace them by the originals, or pass verify_md5=False to only check that "
+        "they exist.",
+    )
 
 
 class CelebAGroupDataset(Dataset):

@@ -21,13 +21,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from lightning_autobalance.data.image_splits import image_loader
+from lightning_autobalance.data.image_splits import ImageDataModule, open_torchvision
 from lightning_autobalance.data.profiles import Profile, long_tail_counts
 
 __all__ = [
@@ -119,18 +118,15 @@ def open_cifar(
     """
     root = check_cifar_files(cls, root)
     folder = root / cls.base_folder
-    try:
-        return (cls if verify_md5 else _unchecked(cls))(str(root), train=train, transform=transform, download=False)
-    except RuntimeError as err:
-        if not verify_md5 or "corrupted" not in str(err):
-            raise
-        raise RuntimeError(
-            f"The {cls.__name__} files under {folder} do not match torchvision's MD5 checksums (a re-pickled copy?). "
-            "Replace them by the originals, or pass verify_md5=False to only check that they exist."
-        ) from err
+    return open_torchvision(
+        lambda: (cls if verify_md5 else _unchecked(cls))(str(root), train=train, transform=transform, download=False),
+        verify_md5,
+        f"The {cls.__name__} files under {folder} do not match torchvision's MD5 checksums (a re-pickled copy?). "
+        "Replace them by the originals, or pass verify_md5=False to only check that they exist.",
+    )
 
 
-class CIFARLongTail(pl.LightningDataModule):
+class CIFARLongTail(ImageDataModule):
     """Long-tailed CIFAR: imbalanced training subsample, balanced test set, batches ``(x, y)``.
 
     Subclasses set ``dataset_class`` (torchvision's CIFAR10 or CIFAR100) and ``num_classes``. After ``setup``:
@@ -213,17 +209,6 @@ class CIFARLongTail(pl.LightningDataModule):
         self.train_set: Dataset = Subset(train, index.tolist())
         self.test_set: Dataset = self._open(train=False)
         self.class_counts = torch.bincount(targets[index], minlength=self.num_classes)
-
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return image_loader(dataset, self.batch_size, self.num_workers, shuffle)
-
-    def train_dataloader(self) -> DataLoader:
-        """Long-tailed training subsample, shuffled and augmented."""
-        return self._loader(self.train_set, shuffle=True)
-
-    def test_dataloader(self) -> DataLoader:
-        """Balanced test set."""
-        return self._loader(self.test_set, shuffle=False)
 
 
 class CIFAR10LongTail(CIFARLongTail):

@@ -9,7 +9,23 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-__all__ = ["dataset_labels", "group_class_counts"]
+__all__ = ["cell_index", "dataset_labels", "group_class_counts"]
+
+
+def cell_index(targets: Tensor, groups: Tensor | None, num_classes: int) -> Tensor:
+    """The (group, class) cell of every sample, ``g * num_classes + y`` (the class itself when ``groups`` is ``None``).
+
+    This is the one place the package numbers cells: cell ``c`` is group ``c // num_classes``, class
+    ``c % num_classes``, so a ``(num_groups, num_classes)`` table is the cells' counts ``view``-ed.
+
+    Example:
+        >>> cell_index(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), num_classes=2).tolist()
+        [0, 1, 3]
+        >>> cell_index(torch.tensor([0, 1, 1]), None, num_classes=2).tolist()
+        [0, 1, 1]
+    """
+    targets = targets.long()
+    return targets if groups is None else groups.to(targets.device).long() * num_classes + targets
 
 
 def group_class_counts(targets: Tensor, groups: Tensor | None, num_groups: int, num_classes: int) -> Tensor:
@@ -19,7 +35,7 @@ def group_class_counts(targets: Tensor, groups: Tensor | None, num_groups: int, 
         >>> group_class_counts(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), 2, 2).tolist()
         [[1, 1], [0, 1]]
     """
-    cells = targets if groups is None else groups * num_classes + targets
+    cells = cell_index(targets, groups, num_classes)
     return torch.bincount(cells, minlength=num_groups * num_classes).view(num_groups, num_classes)
 
 

@@ -6,18 +6,18 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_autobalance.data.profiles import Profile, long_tail_counts
+from lightning_autobalance.files import write_atomic
 
-__all__ = ["MNIST1DLongTail", "generate_mnist1d"]
+__all__ = ["MNIST1DDataModule", "MNIST1DLongTail", "generate_mnist1d"]
 
 NUM_CLASSES = 10
 SEQUENCE_LENGTH = 40
@@ -57,20 +57,58 @@ def generate_mnist1d(per_class: int, seed: int, root: str | os.PathLike[str] | N
         np.random.set_state(numpy_state)
         random.setstate(python_state)
     arrays = {"x": data["x"].astype(np.float32), "y": data["y"].astype(np.int64)}
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".mnist1d", suffix=".npz", dir=root)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda handle: np.savez(handle, **arrays))
     return arrays
 
 
-class MNIST1DLongTail(pl.LightningDataModule):
+class MNIST1DDataModule(pl.LightningDataModule):
+    """What the MNIST-1D datamodules share: the checked loader sizes, the cached sequences and the two loaders.
+
+    A subclass says how many sequences of every digit it draws from (:meth:`sequences_per_digit`) and sets
+    ``train_set`` and ``test_set`` in ``setup``; the training loader shuffles, the test loader reads batches of 512.
+
+    Args:
+        test_size: ``(name, value, example)`` of the subclass's test-set size argument, for the error message.
+        batch_size: batch size of the training loader.
+        seed: seed of the generated sequences.
+        root: cache folder (default :func:`default_cache_dir`).
+    """
+
+    train_set: Dataset
+    test_set: Dataset
+
+    def __init__(self, test_size: tuple[str, int, int], batch_size: int, seed: int, root: str | None) -> None:
+        super().__init__()
+        name, value, example = test_size
+        if value < 1 or batch_size < 1:
+            raise ValueError(
+                f"{name} and batch_size must be ≥ 1, got {name}={value} and batch_size={batch_size}: e.g. "
+                f"{name}={example} batch_size=64."
+            )
+        self.batch_size, self.seed, self.root = batch_size, seed, root
+
+    def sequences_per_digit(self) -> int:
+        """How many sequences of every digit the data set draws from (the size of the cached file)."""
+        raise NotImplementedError
+
+    def generate(self) -> dict[str, np.ndarray]:
+        """The generated sequences (read from the cache after the first call): ``x`` (N, 40) and ``y`` (N,)."""
+        return generate_mnist1d(self.sequences_per_digit(), self.seed, self.root)
+
+    def prepare_data(self) -> None:
+        """Generate the sequences once (cached)."""
+        self.generate()
+
+    def train_dataloader(self) -> DataLoader:
+        """The training set, shuffled."""
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+    def test_dataloader(self) -> DataLoader:
+        """The test set."""
+        return DataLoader(self.test_set, batch_size=512)
+
+
+class MNIST1DLongTail(MNIST1DDataModule):
     """Long-tailed MNIST-1D: 10 classes of 1-D sequences (length 40), imbalanced training set, balanced test set.
 
     Class ``i`` keeps ``n_max · μ^i`` training sequences (``exponential``) or the step profile, with imbalance ratio
@@ -104,25 +142,19 @@ class MNIST1DLongTail(pl.LightningDataModule):
         seed: int = 0,
         root: str | None = None,
     ) -> None:
-        super().__init__()
-        self.counts = long_tail_counts(n_max, NUM_CLASSES, imbalance_ratio, profile)
-        if test_per_class < 1 or batch_size < 1:
-            raise ValueError(
-                f"test_per_class and batch_size must be ≥ 1, got test_per_class={test_per_class} and "
-                f"batch_size={batch_size}: e.g. test_per_class=300 batch_size=64."
-            )
-        self.n_max, self.test_per_class, self.batch_size, self.seed = n_max, test_per_class, batch_size, seed
-        self.root = root
+        counts = long_tail_counts(n_max, NUM_CLASSES, imbalance_ratio, profile)
+        super().__init__(("test_per_class", test_per_class, 300), batch_size, seed, root)
+        self.counts, self.n_max, self.test_per_class = counts, n_max, test_per_class
 
-    def prepare_data(self) -> None:
-        """Generate the sequences once (cached)."""
-        generate_mnist1d(self.n_max + self.test_per_class, self.seed, self.root)
+    def sequences_per_digit(self) -> int:
+        """The test sequences and the largest class's training sequences of every digit."""
+        return self.n_max + self.test_per_class
 
     def setup(self, stage: str) -> None:
         """Select the long-tailed training set and the balanced test set."""
         if hasattr(self, "train_set"):
             return
-        data = generate_mnist1d(self.n_max + self.test_per_class, self.seed, self.root)
+        data = self.generate()
         x, y = torch.from_numpy(data["x"]).unsqueeze(1), torch.from_numpy(data["y"])
         train_idx, test_idx = [], []
         for label, count in enumerate(self.counts):
@@ -133,11 +165,3 @@ class MNIST1DLongTail(pl.LightningDataModule):
         self.train_set = TensorDataset(x[train], y[train])
         self.test_set = TensorDataset(x[test], y[test])
         self.class_counts = torch.bincount(y[train], minlength=NUM_CLASSES)
-
-    def train_dataloader(self) -> DataLoader:
-        """Long-tailed training set, shuffled."""
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
-
-    def test_dataloader(self) -> DataLoader:
-        """Balanced test set."""
-        return DataLoader(self.test_set, batch_size=512)

@@ -39,7 +39,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lightning_autobalance.data.labels import dataset_labels, group_class_counts
+from lightning_autobalance.data.labels import cell_index, dataset_labels, group_class_counts
 from lightning_autobalance.data.split import (
     ResumableLoader,
     ResumableSampler,
@@ -96,7 +96,7 @@ def balanced_subsample_indices(
         cells, sizes = groups, torch.bincount(groups, minlength=num_groups)  # type: ignore[arg-type]
         names = [f"group {g}" for g in range(num_groups)]
     else:
-        cells = targets if groups is None else groups * num_classes + targets
+        cells = cell_index(targets, groups, num_classes)
         sizes = group_class_counts(targets, groups, num_groups if groups is not None else 1, num_classes).flatten()
         names = (
             [f"class {k}" for k in range(num_classes)]

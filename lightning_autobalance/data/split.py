@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -12,7 +13,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from lightning_autobalance.data.labels import dataset_labels, group_class_counts
+from lightning_autobalance.data.labels import cell_index, dataset_labels, group_class_counts
 
 __all__ = [
     "HeldOutSplit",
@@ -50,7 +51,7 @@ def stratified_split(targets: Tensor, groups: Tensor | None, fraction: float, se
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"The held-out fraction must lie strictly between 0 and 1, got {fraction}: e.g. 0.2.")
-    cells = targets if groups is None else groups * (int(targets.max()) + 1) + targets
+    cells = cell_index(targets, groups, int(targets.max()) + 1)
     generator = torch.Generator().manual_seed(seed)
     train, held_out = [], []
     for cell in torch.unique(cells).tolist():
@@ -254,6 +255,60 @@ class HeldOutSplit(pl.LightningDataModule):
         if isinstance(loader, ResumableLoader):
             loader.split = self
         return loader
+
+    def sample_batches(
+        self,
+        dataset: Dataset,
+        count: int,
+        generator: torch.Generator,
+        *,
+        batch_size: int | None = None,
+        world_size: int = 1,
+        rank: int = 0,
+        to_device: Callable[[Any], Any] | None = None,
+    ) -> tuple[list[Any], int]:
+        """This process's share of ``count`` global batches of ``dataset`` drawn with ``generator``.
+
+        ``min(len(dataset), count · batch_size)`` samples are drawn without replacement and cut into nearly equal
+        global batches (a remainder never makes a tiny batch: BatchNorm rejects a batch of one), collated with the
+        training loader's ``collate_fn``. Global batch ``b`` goes whole to process ``b mod world_size``: with the same
+        ``generator`` state on every process, the union over processes is exactly the draw of a single process and no
+        sample is drawn twice.
+
+        Args:
+            dataset: the data set to draw from (e.g. :attr:`train_dataset` or :attr:`heldout_dataset`).
+            count: global batches to draw (fewer when the data set is smaller than ``count · batch_size``).
+            generator: the random source (seed it identically on every process).
+            batch_size: samples per global batch (None: the training loader's, or 1 without one).
+            world_size: number of processes.
+            rank: this process's rank.
+            to_device: applied to each collated batch (e.g. ``trainer.strategy.batch_to_device``).
+
+        Returns:
+            This process's batches and the number of global batches.
+
+        Example:
+            >>> from torch.utils.data import TensorDataset
+            >>> class Data(pl.LightningDataModule):
+            ...     def train_dataloader(self):
+            ...         x = torch.arange(20.0).unsqueeze(1)
+            ...         return DataLoader(TensorDataset(x, torch.arange(20) % 2), batch_size=4)
+            >>> split = HeldOutSplit(Data(), fraction=0.2, seed=0)
+            >>> split.setup("fit")
+            >>> batches, total = split.sample_batches(split.train_dataset, 3, torch.Generator().manual_seed(0))
+            >>> total, [len(y) for _, y in batches]
+            (3, [4, 4, 4])
+            >>> mine, _ = split.sample_batches(split.train_dataset, 3, torch.Generator().manual_seed(0), world_size=2)
+            >>> len(mine)
+            2
+        """
+        template = self._require_setup()
+        batch_size = batch_size or template.batch_size or 1
+        total = min(len(dataset), count * batch_size)  # type: ignore[arg-type]
+        order = torch.randperm(len(dataset), generator=generator)[:total]  # type: ignore[arg-type]
+        chunks = torch.tensor_split(order, max(world_size, math.ceil(total / batch_size)))
+        batches = [template.collate_fn([dataset[i] for i in chunk.tolist()]) for chunk in chunks[rank::world_size]]
+        return (batches if to_device is None else [to_device(batch) for batch in batches]), len(chunks)
 
     def train_dataloader(self) -> DataLoader:
         """Train part, in an order fixed by ``(seed, epoch)``, sharded across processes under DDP."""

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import math
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_autobalance.data.labels import group_class_counts
-from lightning_autobalance.data.mnist1d_lt import generate_mnist1d
+from lightning_autobalance.data.mnist1d_lt import MNIST1DDataModule
 
 __all__ = ["GroupTensorDataset", "SpuriousMNIST1D"]
 
@@ -58,7 +57,7 @@ class GroupTensorDataset(Dataset):
         return self.inputs[index], self.targets[index], self.groups[index]
 
 
-class SpuriousMNIST1D(pl.LightningDataModule):
+class SpuriousMNIST1D(MNIST1DDataModule):
     """Binary MNIST-1D (digits 0–4 vs 5–9) with a spurious offset group; see the module docstring.
 
     Attributes after ``setup``: ``train_set`` and ``test_set`` (:class:`GroupTensorDataset`), ``group_class_counts``
@@ -93,7 +92,6 @@ class SpuriousMNIST1D(pl.LightningDataModule):
         seed: int = 0,
         root: str | None = None,
     ) -> None:
-        super().__init__()
         if n_train < 8 or n_train % 2:
             raise ValueError(f"n_train must be an even integer ≥ 8 (half of each class), got {n_train}.")
         if not 0.5 <= majority_fraction < 1.0:
@@ -101,13 +99,9 @@ class SpuriousMNIST1D(pl.LightningDataModule):
                 f"majority_fraction must lie in [0.5, 1) so every (group, class) cell has samples, got "
                 f"{majority_fraction}: 0.95 is the Waterbirds-like default."
             )
-        if test_per_cell < 1 or batch_size < 1:
-            raise ValueError(
-                f"test_per_cell and batch_size must be ≥ 1, got test_per_cell={test_per_cell} and "
-                f"batch_size={batch_size}: e.g. test_per_cell=250 batch_size=64."
-            )
+        super().__init__(("test_per_cell", test_per_cell, 250), batch_size, seed, root)
         self.n_train, self.majority_fraction, self.strength = n_train, majority_fraction, float(strength)
-        self.test_per_cell, self.batch_size, self.seed, self.root = test_per_cell, batch_size, seed, root
+        self.test_per_cell = test_per_cell
         minority = self.expected_group_class_counts()[0, 1]
         if minority < 2:
             raise ValueError(
@@ -122,19 +116,17 @@ class SpuriousMNIST1D(pl.LightningDataModule):
         majority = round(self.majority_fraction * per_class)
         return torch.tensor([[majority, per_class - majority], [per_class - majority, majority]])
 
-    def _per_digit(self) -> int:
-        # mnist1d generates exactly this many sequences of every digit; each class pools five digits
+    def sequences_per_digit(self) -> int:
+        """Enough sequences of every digit for both splits (each class pools five digits)."""
         return math.ceil((self.n_train // 2 + 2 * self.test_per_cell) / 5)
 
-    def prepare_data(self) -> None:
-        """Generate the sequences once (cached)."""
-        generate_mnist1d(self._per_digit(), self.seed, self.root)
+    _per_digit = sequences_per_digit  # the name older code (and tests) use
 
     def setup(self, stage: str) -> None:
         """Build the training set (spuriously correlated groups) and the group-balanced test set."""
         if hasattr(self, "train_set"):
             return
-        data = generate_mnist1d(self._per_digit(), self.seed, self.root)
+        data = self.generate()
         x, digits = torch.from_numpy(data["x"]).unsqueeze(1), torch.from_numpy(data["y"])
         labels = (digits >= 5).long()
         generator = torch.Generator().manual_seed(self.seed)
@@ -163,11 +155,3 @@ class SpuriousMNIST1D(pl.LightningDataModule):
         index, groups = index[order], groups[order]
         offset = self.strength * (2.0 * groups.to(x.dtype) - 1.0)
         return GroupTensorDataset(x[index] + offset.view(-1, 1, 1), labels[index], groups)
-
-    def train_dataloader(self) -> DataLoader:
-        """Spuriously correlated training set, shuffled."""
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
-
-    def test_dataloader(self) -> DataLoader:
-        """Group-balanced test set."""
-        return DataLoader(self.test_set, batch_size=512)

@@ -30,11 +30,10 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from lightning_autobalance.data.image_splits import SplitGroupDataModule
+from lightning_autobalance.data.image_transforms import IMAGENET_MEAN, IMAGENET_STD, group_dro_transform
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Waterbirds", "WaterbirdsDataset", "waterbirds_transform"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 REQUIRED_COLUMNS = ("img_filename", "y", "place", "split")
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -46,17 +45,10 @@ def waterbirds_transform(train: bool, augment: bool = False, image_size: int = 2
         >>> waterbirds_transform(train=False).transforms[:2]
         [Resize(size=(256, 256), interpolation=bilinear, max_size=None, antialias=True), CenterCrop(size=(224, 224))]
     """
-    normalize = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    if train and augment:
-        return T.Compose(
-            [
-                T.RandomResizedCrop(image_size, scale=(0.7, 1.0), ratio=(0.75, 4.0 / 3.0)),
-                T.RandomHorizontalFlip(),
-                *normalize,
-            ]
-        )
     resize = int(image_size * 256 / 224)
-    return T.Compose([T.Resize((resize, resize)), T.CenterCrop(image_size), *normalize])
+    return group_dro_transform(
+        train and augment, image_size, 0.75, [T.Resize((resize, resize)), T.CenterCrop(image_size)]
+    )
 
 
 def _read_metadata(root: Path) -> list[dict[str, str]]:

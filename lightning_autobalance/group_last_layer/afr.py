@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,18 +28,18 @@ from torch import Tensor
 from lightning_autobalance.group_last_layer.selection import (
     FeatureSet,
     GroupHeadReport,
-    SelectionMetric,
-    best_index,
+    SelectionOptions,
     check_grid,
     check_inputs,
     check_selection_inputs,
+    chosen_report,
     plan_selection,
-    subset,
-    worst_accuracy,
+    score_grid,
 )
 from lightning_autobalance.llr import check_features, check_targets, minimise_lbfgs
+from lightning_autobalance.options import options_from, options_signature
 
-__all__ = ["AFR_GAMMA_GRID", "AFR_L2_GRID", "ClassBalance", "afr_head", "afr_weights"]
+__all__ = ["AFR_GAMMA_GRID", "AFR_L2_GRID", "AFROptions", "ClassBalance", "afr_head", "afr_weights"]
 
 AFR_GAMMA_GRID: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 """Default ``γ`` grid of :func:`afr_head` (the reference sweeps 4–20 on Waterbirds and 1–3 on CelebA)."""
@@ -85,8 +86,7 @@ def afr_weights(
         [0.1518, 0.1518, 0.6964]
     """
     gamma = check_grid(gamma, "gamma", positive=False)[0]
-    if class_balance not in ("count", "sum", "none"):
-        raise ValueError(f"class_balance must be 'count', 'sum' or 'none', got {class_balance!r}")
+    _check_class_balance(class_balance)
     logits = check_features(erm_logits, "erm_logits").to(torch.float64)
     y, _ = check_targets(targets, logits.shape[0], logits.shape[1], "targets")
     p_true = torch.softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
@@ -95,6 +95,29 @@ def afr_weights(
         per_class = torch.bincount(y, weights=w if class_balance == "sum" else None, minlength=logits.shape[1])
         w = w / per_class.to(torch.float64)[y]
     return w / w.sum()
+
+
+def _check_class_balance(class_balance: str) -> None:
+    if class_balance not in ("count", "sum", "none"):
+        raise ValueError(f"class_balance must be 'count', 'sum' or 'none', got {class_balance!r}")
+
+
+@dataclass(frozen=True)
+class AFROptions(SelectionOptions):
+    """The settings of :func:`afr_head` (documented there) besides the data: the ERM head, the grids, the fit.
+
+    Example:
+        >>> AFROptions().gamma_grid == AFR_GAMMA_GRID, AFROptions().max_iter
+        (True, 500)
+    """
+
+    init_weight: Tensor | None = None
+    init_bias: Tensor | None = None
+    gamma_grid: Sequence[float] | float = AFR_GAMMA_GRID
+    l2: Sequence[float] | float = AFR_L2_GRID
+    class_balance: ClassBalance = "count"
+    max_iter: int = 500
+    tol: float = 1e-10
 
 
 def _afr_fit(
@@ -134,22 +157,7 @@ def afr_head(
     targets: Tensor,
     erm_logits: Tensor | None = None,
     groups: Tensor | None = None,
-    *,
-    init_weight: Tensor | None = None,
-    init_bias: Tensor | None = None,
-    gamma_grid: Sequence[float] | float = AFR_GAMMA_GRID,
-    l2: Sequence[float] | float = AFR_L2_GRID,
-    class_balance: ClassBalance = "count",
-    seed: int = 0,
-    selection_features: Tensor | None = None,
-    selection_targets: Tensor | None = None,
-    selection_groups: Tensor | None = None,
-    selection_fraction: float = 0.5,
-    selection_metric: SelectionMetric | None = None,
-    refit: bool = True,
-    fit_intercept: bool = True,
-    max_iter: int = 500,
-    tol: float = 1e-10,
+    **options: Any,
 ) -> tuple[Tensor, Tensor, GroupHeadReport]:
     """AFR: the last layer refit with weights ``∝ β_y·exp(−γ·p_true)`` and an ℓ2 pull towards the ERM head.
 
@@ -185,6 +193,7 @@ def afr_head(
         fit_intercept: fit the bias (else it stays at ``init_bias``).
         max_iter: L-BFGS iterations per fit.
         tol: gradient tolerance (max absolute entry) of each fit.
+        **options: every argument above from ``init_weight`` on (the fields of :class:`AFROptions`).
 
     Returns:
         ``(weight (K, d), bias (K,), report)`` in the features' dtype, and a :class:`GroupHeadReport` (a warning if
@@ -203,14 +212,71 @@ def afr_head(
         >>> weight.shape, report.params["gamma"] in (0.0, 2.0), report.selection_metric, report.converged
         (torch.Size([2, 3]), True, 'worst_class', True)
     """
-    gammas = check_grid(gamma_grid, "gamma_grid", positive=False)
-    l2_values = check_grid(l2, "l2", positive=False)
-    if class_balance not in ("count", "sum", "none"):
-        raise ValueError(f"class_balance must be 'count', 'sum' or 'none', got {class_balance!r}")
-    if int(max_iter) < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    settings: AFROptions = options_from(AFROptions, "afr_head", options)
+    gammas = check_grid(settings.gamma_grid, "gamma_grid", positive=False)
+    l2_values = check_grid(settings.l2, "l2", positive=False)
+    _check_class_balance(settings.class_balance)
+    max_iter, tol = int(settings.max_iter), float(settings.tol)
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {settings.max_iter}")
+    data, k, dtype, w0, b0, logits = _afr_inputs(features, targets, erm_logits, groups, settings)
+    selection = check_selection_inputs(
+        data, k, settings.selection_features, settings.selection_targets, settings.selection_groups
+    )
+    grid = [(gm, lam) for gm in gammas for lam in l2_values]
+    fit_idx, selection, metric = plan_selection(
+        data, k, len(grid), selection, settings.selection_fraction, settings.selection_metric, int(settings.seed)
+    )
+    converged = True
+
+    def fit(part: FeatureSet, part_logits: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor, Tensor]:
+        nonlocal converged
+        w = afr_weights(part_logits, part.y, gamma, class_balance=settings.class_balance)
+        weight, bias, ok = _afr_fit(part.x, part.y, w, w0, b0, lam, settings.fit_intercept, max_iter, tol)
+        converged = converged and ok
+        return weight, bias, w
+
+    def fit_grid(part: FeatureSet, idx: Tensor | None) -> list[tuple[Tensor, Tensor, Tensor]]:
+        part_logits = logits if idx is None else logits[idx]
+        return [fit(part, part_logits, gamma, lam) for gamma, lam in grid]
+
+    scores: list[tuple[dict[str, float], float]] = []
+    chosen = grid[0]
+    final: tuple[Tensor, Tensor, Tensor] | None = None
+    final_n = data.x.shape[0]
+    if selection is not None:
+        assert metric is not None
+        best, values, fit_part, fits = score_grid(data, k, fit_idx, selection, metric, fit_grid)
+        scores = [({"gamma": gm, "l2": lam}, v) for (gm, lam), v in zip(grid, values, strict=True)]
+        chosen = grid[best]
+        if fit_idx is None or not settings.refit:
+            final, final_n = fits[best], fit_part.y.shape[0]  # type: ignore[assignment]
+    if final is None:
+        final = fit(data, logits, *chosen)
+    weight, bias, w = final
+    if not converged:
+        warnings.warn(
+            f"an AFR head did not reach the gradient tolerance tol={tol:g} in max_iter={max_iter} L-BFGS iterations; "
+            "increase max_iter or l2 (with l2=0 separable data has no finite minimiser)",
+            UserWarning,
+            stacklevel=2,
+        )
+    params = {"gamma": chosen[0], "l2": chosen[1]}
+    fitted = {"num_fit": final_n, "sample_weights": w, "converged": converged}
+    report = chosen_report("afr", params, scores, metric, selection, **fitted)
+    return weight.to(dtype), bias.to(dtype), report
+
+
+afr_head.__signature__ = options_signature(afr_head, AFROptions)  # type: ignore[attr-defined]
+
+
+def _afr_inputs(
+    features: Tensor, targets: Tensor, erm_logits: Tensor | None, groups: Tensor | None, settings: AFROptions
+) -> tuple[FeatureSet, int, torch.dtype, Tensor, Tensor, Tensor]:
+    """The checked set, ``K``, the features' dtype, the ERM head ``(W0, b0)`` (float64) and the ERM logits."""
     x = check_features(features)
     n, d = x.shape
+    init_weight, init_bias = settings.init_weight, settings.init_bias
     if erm_logits is None and init_weight is None:
         raise ValueError("pass erm_logits (the ERM model's logits on features) or init_weight/init_bias (its head)")
     k = None
@@ -229,65 +295,17 @@ def afr_head(
     assert k is not None
     data, k, dtype = check_inputs(x, targets, groups, k)
     w0 = torch.zeros(k, d, dtype=torch.float64) if init_weight is None else init_weight.to(torch.float64)
-    if init_bias is None:
-        b0 = torch.zeros(k, dtype=torch.float64)
-    else:
-        b0 = torch.as_tensor(init_bias).to(torch.float64)
-        if tuple(b0.shape) != (k,):
-            raise ValueError(f"init_bias must have shape ({k},), got {tuple(b0.shape)}")
+    b0 = _initial_bias(init_bias, k)
     if not (bool(torch.isfinite(w0).all()) and bool(torch.isfinite(b0).all())):
         raise ValueError("init_weight and init_bias must be finite")
     logits = (data.x @ w0.T + b0) if erm_logits is None else erm_logits.to(torch.float64)
-    selection = check_selection_inputs(data, k, selection_features, selection_targets, selection_groups)
-    grid = [(gm, lam) for gm in gammas for lam in l2_values]
-    fit_idx, selection, metric = plan_selection(
-        data, k, len(grid), selection, selection_fraction, selection_metric, int(seed)
-    )
-    converged = True
+    return data, k, dtype, w0, b0, logits
 
-    def fit(part: FeatureSet, part_logits: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor, Tensor]:
-        nonlocal converged
-        w = afr_weights(part_logits, part.y, gamma, class_balance=class_balance)
-        weight, bias, ok = _afr_fit(part.x, part.y, w, w0, b0, lam, fit_intercept, int(max_iter), float(tol))
-        converged = converged and ok
-        return weight, bias, w
 
-    scores: list[tuple[dict[str, float], float]] = []
-    chosen = grid[0]
-    final: tuple[Tensor, Tensor, Tensor] | None = None
-    final_n = n
-    if selection is not None:
-        assert metric is not None
-        fit_part = data if fit_idx is None else subset(data, fit_idx)
-        fit_logits = logits if fit_idx is None else logits[fit_idx]
-        fits, values = [], []
-        for gamma, lam in grid:
-            fits.append(fit(fit_part, fit_logits, gamma, lam))
-            preds = (selection.x @ fits[-1][0].T + fits[-1][1]).argmax(dim=1)
-            values.append(worst_accuracy(preds, selection.y, selection.g, k, metric))
-        scores = [({"gamma": gm, "l2": lam}, v) for (gm, lam), v in zip(grid, values, strict=True)]
-        best = best_index(values)
-        chosen = grid[best]
-        if fit_idx is None or not refit:
-            final, final_n = fits[best], fit_part.y.shape[0]
-    if final is None:
-        final = fit(data, logits, *chosen)
-    weight, bias, w = final
-    if not converged:
-        warnings.warn(
-            f"an AFR head did not reach the gradient tolerance tol={tol:g} in max_iter={max_iter} L-BFGS iterations; "
-            "increase max_iter or l2 (with l2=0 separable data has no finite minimiser)",
-            UserWarning,
-            stacklevel=2,
-        )
-    report = GroupHeadReport(
-        method="afr",
-        params={"gamma": chosen[0], "l2": chosen[1]},
-        scores=scores,
-        selection_metric=metric,
-        num_fit=final_n,
-        num_selection=0 if selection is None else selection.y.shape[0],
-        sample_weights=w,
-        converged=converged,
-    )
-    return weight.to(dtype), bias.to(dtype), report
+def _initial_bias(init_bias: Tensor | None, k: int) -> Tensor:
+    if init_bias is None:
+        return torch.zeros(k, dtype=torch.float64)
+    b0 = torch.as_tensor(init_bias).to(torch.float64)
+    if tuple(b0.shape) != (k,):
+        raise ValueError(f"init_bias must have shape ({k},), got {tuple(b0.shape)}")
+    return b0

@@ -17,29 +17,30 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_autobalance.data.labels import cell_index
 from lightning_autobalance.group_last_layer.selection import (
     FeatureSet,
     GroupHeadReport,
-    SelectionMetric,
-    best_index,
-    cell_index,
+    SelectionOptions,
     check_grid,
     check_group_labels,
     check_inputs,
     check_selection_inputs,
+    chosen_report,
     plan_selection,
-    subset,
-    worst_accuracy,
+    score_grid,
 )
 from lightning_autobalance.llr import check_targets, downsample_weights
+from lightning_autobalance.options import options_from, options_signature
 
-__all__ = ["DFR_C_GRID", "dfr_head", "group_balanced_indices"]
+__all__ = ["DFR_C_GRID", "DFROptions", "dfr_head", "group_balanced_indices"]
 
 DFR_C_GRID: tuple[float, ...] = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
 """Inverse ℓ1 strengths of the DFR reference code (Waterbirds)."""
@@ -106,15 +107,8 @@ def _logistic(c: float, solver: str, fit_intercept: bool, tol: float, max_iter: 
     from sklearn.linear_model import LogisticRegression
 
     # ``l1_ratio=1`` is scikit-learn's spelling of ``penalty="l1"`` (deprecated in 1.8).
-    return LogisticRegression(
-        l1_ratio=1.0,
-        C=c,
-        solver=solver,
-        fit_intercept=fit_intercept,
-        tol=tol,
-        max_iter=max_iter,
-        random_state=seed,
-    )
+    options = {"fit_intercept": fit_intercept, "tol": tol, "max_iter": max_iter, "random_state": seed}
+    return LogisticRegression(l1_ratio=1.0, C=c, solver=solver, **options)
 
 
 def _dfr_coefficients(
@@ -189,26 +183,27 @@ def _dfr_fit(
     return heads, subsamples, mean, scale
 
 
+@dataclass(frozen=True)
+class DFROptions(SelectionOptions):
+    """The settings of :func:`dfr_head` (documented there) besides the data: the grid, the subsamples, the solver.
+
+    Example:
+        >>> DFROptions().C_grid == DFR_C_GRID, DFROptions().solver
+        (True, 'liblinear')
+    """
+
+    C_grid: Sequence[float] | float = DFR_C_GRID
+    num_subsamples: int = 10
+    num_classes: int | None = None
+    require_all_cells: bool = True
+    solver: Literal["liblinear", "saga"] = "liblinear"
+
+
 def dfr_head(
     features: Tensor,
     targets: Tensor,
     groups: Tensor | None = None,
-    *,
-    C_grid: Sequence[float] | float = DFR_C_GRID,  # noqa: N803 (scikit-learn's name)
-    num_subsamples: int = 10,
-    seed: int = 0,
-    selection_features: Tensor | None = None,
-    selection_targets: Tensor | None = None,
-    selection_groups: Tensor | None = None,
-    selection_fraction: float = 0.5,
-    selection_metric: SelectionMetric | None = None,
-    refit: bool = True,
-    num_classes: int | None = None,
-    require_all_cells: bool = True,
-    solver: Literal["liblinear", "saga"] = "liblinear",
-    fit_intercept: bool = True,
-    tol: float = 1e-4,
-    max_iter: int = 1000,
+    **options: Any,
 ) -> tuple[Tensor, Tensor, GroupHeadReport]:
     """DFR: the last layer refit by ℓ1 logistic regression on group-balanced subsamples of a held-out set.
 
@@ -253,6 +248,7 @@ def dfr_head(
         fit_intercept: fit an intercept (else ``bias = −W·mean``, the standardisation's offset).
         tol: tolerance of the scikit-learn solver.
         max_iter: iteration limit of the scikit-learn solver.
+        **options: every argument above from ``C_grid`` on (the fields of :class:`DFROptions`).
 
     Returns:
         ``(weight (K, d), bias (K,), report)`` in the features' dtype, and a :class:`GroupHeadReport`.
@@ -270,59 +266,54 @@ def dfr_head(
         >>> weight.shape, bias.shape, report.params["C"] in (1.0, 0.1), report.selection_metric
         (torch.Size([2, 2]), torch.Size([2]), True, 'worst_group')
     """
-    c_values = check_grid(C_grid, "C_grid", positive=True)
-    if int(num_subsamples) < 1:
-        raise ValueError(f"num_subsamples must be >= 1, got {num_subsamples}")
-    if solver not in ("liblinear", "saga"):
-        raise ValueError(f"solver must be 'liblinear' (one-vs-rest) or 'saga' (multinomial), got {solver!r}")
-    data, k, dtype = check_inputs(features, targets, groups, num_classes)
-    selection = check_selection_inputs(data, k, selection_features, selection_targets, selection_groups)
-    options = dict(
-        num_subsamples=int(num_subsamples),
-        seed=int(seed),
-        require_all_cells=require_all_cells,
-        solver=solver,
-        fit_intercept=fit_intercept,
-        tol=float(tol),
-        max_iter=int(max_iter),
+    settings: DFROptions = options_from(DFROptions, "dfr_head", options)
+    c_values = check_grid(settings.C_grid, "C_grid", positive=True)
+    if int(settings.num_subsamples) < 1:
+        raise ValueError(f"num_subsamples must be >= 1, got {settings.num_subsamples}")
+    if settings.solver not in ("liblinear", "saga"):
+        raise ValueError(f"solver must be 'liblinear' (one-vs-rest) or 'saga' (multinomial), got {settings.solver!r}")
+    data, k, dtype = check_inputs(features, targets, groups, settings.num_classes)
+    selection = check_selection_inputs(
+        data, k, settings.selection_features, settings.selection_targets, settings.selection_groups
+    )
+    fit_options = dict(
+        num_subsamples=int(settings.num_subsamples),
+        seed=int(settings.seed),
+        require_all_cells=settings.require_all_cells,
+        solver=settings.solver,
+        fit_intercept=settings.fit_intercept,
+        tol=float(settings.tol),
+        max_iter=int(settings.max_iter),
     )
     fit_idx, selection, metric = plan_selection(
-        data, k, len(c_values), selection, selection_fraction, selection_metric, int(seed)
+        data, k, len(c_values), selection, settings.selection_fraction, settings.selection_metric, int(settings.seed)
     )
+
+    def fit_grid(part: FeatureSet, _: Tensor | None, grid: Sequence[float] = c_values) -> list[tuple[Any, ...]]:
+        heads, subsamples, mean, scale = _dfr_fit(part, k, grid, **fit_options)  # type: ignore[arg-type]
+        return [(weight, bias, subsamples, mean, scale) for weight, bias in heads]
+
     scores: list[tuple[dict[str, float], float]] = []
     chosen = c_values[0]
     final_data = data
     final = None
     if selection is not None:
         assert metric is not None
-        fit_part = data if fit_idx is None else subset(data, fit_idx)
-        heads, subsamples, mean, scale = _dfr_fit(fit_part, k, c_values, **options)
-        values = [
-            worst_accuracy((selection.x @ w.T + b).argmax(dim=1), selection.y, selection.g, k, metric) for w, b in heads
-        ]
+        best, values, fit_part, fits = score_grid(data, k, fit_idx, selection, metric, fit_grid)
         scores = [({"C": c}, v) for c, v in zip(c_values, values, strict=True)]
-        best = best_index(values)
         chosen = c_values[best]
-        if fit_idx is None or not refit:
-            final_data, final = fit_part, (heads[best], subsamples, mean, scale)
+        if fit_idx is None or not settings.refit:
+            final_data, final = fit_part, fits[best]
     if final is None:
-        heads, subsamples, mean, scale = _dfr_fit(final_data, k, (chosen,), **options)
-        final = (heads[0], subsamples, mean, scale)
-    (weight, bias), subsamples, mean, scale = final
+        final = fit_grid(final_data, None, (chosen,))[0]
+    weight, bias, subsamples, mean, scale = final
     n_fit = final_data.y.shape[0]
     usage = torch.zeros(n_fit, dtype=torch.float64)
     for idx in subsamples:
         usage[idx] += 1.0 / len(subsamples)
-    report = GroupHeadReport(
-        method="dfr",
-        params={"C": chosen},
-        scores=scores,
-        selection_metric=metric,
-        num_fit=n_fit,
-        num_selection=0 if selection is None else selection.y.shape[0],
-        sample_weights=usage,
-        subsamples=subsamples,
-        mean=mean,
-        scale=scale,
-    )
+    fitted = {"num_fit": n_fit, "sample_weights": usage, "subsamples": subsamples, "mean": mean, "scale": scale}
+    report = chosen_report("dfr", {"C": chosen}, scores, metric, selection, **fitted)
     return weight.to(dtype), bias.to(dtype), report
+
+
+dfr_head.__signature__ = options_signature(dfr_head, DFROptions)  # type: ignore[attr-defined]

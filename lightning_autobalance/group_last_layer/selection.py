@@ -18,12 +18,15 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from lightning_autobalance.data.labels import cell_index
+from lightning_autobalance.data.split import stratified_split
 from lightning_autobalance.llr import check_features, check_targets
 
 __all__ = [
@@ -31,13 +34,16 @@ __all__ = [
     "FeatureSet",
     "GroupHeadReport",
     "SelectionMetric",
+    "SelectionOptions",
     "best_index",
     "cell_index",
     "check_grid",
     "check_group_labels",
     "check_inputs",
     "check_selection_inputs",
+    "chosen_report",
     "plan_selection",
+    "score_grid",
     "subset",
     "worst_accuracy",
 ]
@@ -80,6 +86,31 @@ class GroupHeadReport:
     mean: Tensor | None = None
     scale: Tensor | None = None
     converged: bool = True
+
+
+@dataclass(frozen=True)
+class SelectionOptions:
+    """How DFR and AFR choose their hyperparameters, and the settings of their fits that both have.
+
+    The selection part, its metric, the refit; the seed, intercept, iteration limit and tolerance of the fit (their
+    defaults differ: each head's options override them). The fields are documented at
+    :func:`~lightning_autobalance.group_last_layer.dfr_head`.
+
+    Example:
+        >>> SelectionOptions().selection_fraction, SelectionOptions(refit=False).refit
+        (0.5, False)
+    """
+
+    seed: int = 0
+    selection_features: Tensor | None = None
+    selection_targets: Tensor | None = None
+    selection_groups: Tensor | None = None
+    selection_fraction: float = 0.5
+    selection_metric: SelectionMetric | None = None
+    refit: bool = True
+    fit_intercept: bool = True
+    max_iter: int = 1000
+    tol: float = 1e-4
 
 
 def check_group_labels(groups: Any, n: int, name: str) -> Tensor | None:
@@ -171,31 +202,20 @@ def check_selection_inputs(
     return sel
 
 
-def cell_index(y: Tensor, g: Tensor | None, k: int) -> Tensor:
-    """The (group, class) cell ``g·K + y`` of every sample (the class without groups)."""
-    return y if g is None else g * k + y
-
-
 def _split(data: FeatureSet, k: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """Indices (fit, selection): ``round(fraction·n_c)`` of every (group, class) cell go to the selection part."""
     if not 0.0 < float(fraction) < 1.0:
         raise ValueError(f"selection_fraction must be in (0, 1), got {fraction}")
     cells = cell_index(data.y, data.g, k)
-    gen = torch.Generator().manual_seed(int(seed))
-    fit, sel = [], []
-    for c in torch.unique(cells).tolist():
-        idx = torch.nonzero(cells == c).flatten()
-        if idx.numel() < 2:
-            what = f"class {c}" if data.g is None else f"(group {c // k}, class {c % k}) cell"
-            raise ValueError(
-                f"the {what} has a single sample, so it cannot appear in both the fitting and the selection part "
-                "(selection_fraction split); pass selection_features/selection_targets or a larger held-out set"
-            )
-        idx = idx[torch.randperm(idx.numel(), generator=gen)]
-        n_sel = min(max(round(float(fraction) * idx.numel()), 1), idx.numel() - 1)
-        sel.append(idx[:n_sel])
-        fit.append(idx[n_sel:])
-    return torch.sort(torch.cat(fit)).values, torch.sort(torch.cat(sel)).values
+    single = torch.nonzero(torch.bincount(cells) == 1).flatten().tolist()
+    if single:
+        c = single[0]
+        what = f"class {c}" if data.g is None else f"(group {c // k}, class {c % k}) cell"
+        raise ValueError(
+            f"the {what} has a single sample, so it cannot appear in both the fitting and the selection part "
+            "(selection_fraction split); pass selection_features/selection_targets or a larger held-out set"
+        )
+    return stratified_split(cells, None, float(fraction), int(seed))
 
 
 def subset(data: FeatureSet, idx: Tensor) -> FeatureSet:
@@ -237,3 +257,46 @@ def plan_selection(
 def best_index(scores: list[float]) -> int:
     """Index of the best score; ties go to the first."""
     return max(range(len(scores)), key=lambda i: (scores[i], -i))  # first maximum
+
+
+def score_grid(
+    data: FeatureSet,
+    k: int,
+    fit_idx: Tensor | None,
+    selection: FeatureSet,
+    metric: str,
+    fit_grid: Callable[[FeatureSet, Tensor | None], Sequence[tuple[Any, ...]]],
+) -> tuple[int, list[float], FeatureSet, Sequence[tuple[Any, ...]]]:
+    """Fit every grid point on the fitting part and score it on the selection part.
+
+    Args:
+        data: the whole checked set.
+        k: number of classes.
+        fit_idx: indices of the fitting part, or ``None`` for the whole set.
+        selection: the selection part.
+        metric: ``"worst_group"`` or ``"worst_class"`` (see :func:`worst_accuracy`).
+        fit_grid: ``(fitting part, fit_idx) -> [(weight, bias, ...) per grid point]``.
+
+    Returns:
+        (index of the best grid point, the scores in grid order, the fitting part, the fits).
+    """
+    fit_part = data if fit_idx is None else subset(data, fit_idx)
+    fits = fit_grid(fit_part, fit_idx)
+    values = [
+        worst_accuracy((selection.x @ fit[0].T + fit[1]).argmax(dim=1), selection.y, selection.g, k, metric)
+        for fit in fits
+    ]
+    return best_index(values), values, fit_part, fits
+
+
+def chosen_report(
+    method: str,
+    params: dict[str, float],
+    scores: list[tuple[dict[str, float], float]],
+    metric: str | None,
+    selection: FeatureSet | None,
+    **fitted: Any,
+) -> GroupHeadReport:
+    """The :class:`GroupHeadReport` of a chosen head; ``fitted`` holds the fields that describe its final fit."""
+    num_selection = 0 if selection is None else selection.y.shape[0]
+    return GroupHeadReport(method, params, scores, metric, num_selection=num_selection, **fitted)

@@ -36,6 +36,7 @@ The package holds one concept per module, and re-exports every name here:
 * :mod:`~lightning_autobalance.last_layer.head`: finding the head in the module, reading it and writing it back;
 * :mod:`~lightning_autobalance.last_layer.features`: :func:`extract_features`, :class:`RetrainingFeatures` and the
   :class:`LastLayerModule` protocol;
+* :mod:`~lightning_autobalance.last_layer.options`: the settings both entry points share (``RefitOptions``);
 * :mod:`~lightning_autobalance.last_layer.retrain`: :func:`retrain_last_layer` and its :class:`LastLayerReport`;
 * :mod:`~lightning_autobalance.last_layer.callback`: the :class:`LastLayerRetraining` callback.
 

@@ -11,22 +11,25 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor, nn
+from torch import Tensor
 
-from lightning_autobalance.last_layer.features import FeatureFn
 from lightning_autobalance.last_layer.head import resolve_head, write_head
-from lightning_autobalance.last_layer.retrain import LastLayerReport, check_options, retrain_last_layer
-from lightning_autobalance.llr import DEFAULT_MAX_WEIGHT, LinearHead
+from lightning_autobalance.last_layer.options import RefitOptions
+from lightning_autobalance.last_layer.retrain import LastLayerReport, retrain_last_layer
+from lightning_autobalance.llr import LinearHead
+from lightning_autobalance.options import options_from, options_signature
 
 __all__ = ["LOADER_NAMES", "LastLayerRetraining"]
 
 LOADER_NAMES = ("heldout", "train", "val", "test")
+OPTION_NAMES = frozenset(field.name for field in dataclasses.fields(RefitOptions))
 
 
 class LastLayerRetraining(Callback):
@@ -73,35 +76,26 @@ class LastLayerRetraining(Callback):
         dataloader: Iterable[Any] | str = "heldout",
         eval_dataloader: Iterable[Any] | str | None = None,
         *,
-        mode: str = "thumb",
-        loss: Literal["square", "ce"] = "square",
-        ridge: float = 0.0,
-        variance: float = 0.99,
-        delta: float | None = None,
-        max_weight: float = DEFAULT_MAX_WEIGHT,
-        bilevel: Mapping[str, Any] | None = None,
-        group_head: Mapping[str, Any] | None = None,
-        seed: int = 0,
-        feature_fn: FeatureFn | None = None,
-        head: nn.Linear | str | None = None,
-        use_groups: bool = True,
         run_on_train_end: bool = True,
-        prefix: str = "llr",
+        **options: Any,
     ) -> None:
         super().__init__()
-        check_options(mode, loss, ridge, variance, max_weight)
+        self.options: RefitOptions = options_from(RefitOptions, "LastLayerRetraining", options)
         for name, value in (("dataloader", dataloader), ("eval_dataloader", eval_dataloader)):
             if isinstance(value, str) and value not in LOADER_NAMES:
                 raise ValueError(f"{name}={value!r} is not a loader name; use one of {LOADER_NAMES} or pass a loader.")
         if dataloader is None:
             raise ValueError(f"dataloader is required: a loader of the retraining set or a name in {LOADER_NAMES}.")
         self.dataloader, self.eval_dataloader = dataloader, eval_dataloader
-        self.mode, self.loss, self.ridge, self.variance, self.delta = mode, loss, ridge, variance, delta
-        self.max_weight, self.bilevel, self.seed = max_weight, dict(bilevel or {}), seed
-        self.group_head = dict(group_head or {})
-        self.feature_fn, self.head, self.use_groups = feature_fn, head, use_groups
-        self.run_on_train_end, self.prefix = run_on_train_end, prefix
+        self.run_on_train_end = run_on_train_end
         self.report: LastLayerReport | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        """The refit settings read as attributes: ``callback.mode``, ``callback.prefix``, ... (see :attr:`options`)."""
+        options = self.__dict__.get("options")
+        if options is not None and name in OPTION_NAMES:
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @staticmethod
     def _loader(trainer: pl.Trainer, spec: Iterable[Any] | str, what: str) -> Iterable[Any]:
@@ -136,38 +130,29 @@ class LastLayerRetraining(Callback):
         loader = self._loader(trainer, self.dataloader, "dataloader")
         eval_loader = None if self.eval_dataloader is None else self._loader(trainer, self.eval_dataloader, "eval")
         report = retrain_last_layer(
-            pl_module,
-            loader,
-            self.mode,
-            loss=self.loss,
-            ridge=self.ridge,
-            variance=self.variance,
-            delta=self.delta,
-            max_weight=self.max_weight,
-            bilevel=self.bilevel,
-            group_head=self.group_head,
-            seed=self.seed,
-            feature_fn=self.feature_fn,
-            head=self.head,
-            use_groups=self.use_groups,
-            eval_data=eval_loader,
-            write_back=True,
-            log=False,
-            prefix=self.prefix,
+            pl_module, loader, **self.options.as_kwargs(), eval_data=eval_loader, write_back=True, log=False
         )
         if trainer.world_size > 1:
             weight, bias = trainer.strategy.broadcast((report.head.weight, report.head.bias), src=0)
-            layer, _ = resolve_head(pl_module, self.head)
+            layer, _ = resolve_head(pl_module, self.options.head)
             write_head(layer, LinearHead(weight, bias))
         for logger in trainer.loggers:
             logger.log_metrics(dict(report.metrics), step=trainer.global_step)
+        prefix, options = self.options.prefix, self.options
         summary = ", ".join(
-            f"{name.rsplit('/', 1)[-1]} {report.metrics[f'{self.prefix}/{split}_before/{name}']:.3f} -> "
-            f"{report.metrics[f'{self.prefix}/{split}/{name}']:.3f}"
+            f"{name.rsplit('/', 1)[-1]} {report.metrics[f'{prefix}/{split}_before/{name}']:.3f} -> "
+            f"{report.metrics[f'{prefix}/{split}/{name}']:.3f}"
             for split in ("retrain", "eval")
-            if f"{self.prefix}/{split}/balanced_error" in report.metrics
+            if f"{prefix}/{split}/balanced_error" in report.metrics
             for name in ("balanced_error", "worst_class_error")
         )
-        rank_zero_info(f"LastLayerRetraining(mode={self.mode!r}, loss={self.loss!r}) on {report.head_name}: {summary}")
+        rank_zero_info(
+            f"LastLayerRetraining(mode={options.mode!r}, loss={options.loss!r}) on {report.head_name}: {summary}"
+        )
         self.report = report
         return report
+
+
+LastLayerRetraining.__init__.__signature__ = options_signature(  # type: ignore[attr-defined]
+    LastLayerRetraining.__init__, RefitOptions
+)

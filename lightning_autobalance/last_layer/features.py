@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor, nn
 from torch.utils.data import Dataset, IterableDataset
 
+from lightning_autobalance.batches import unpack_batch
 from lightning_autobalance.last_layer.head import resolve_head
 
 __all__ = ["Data", "FeatureFn", "LastLayerModule", "RetrainingFeatures", "extract_features"]
@@ -119,14 +120,11 @@ def _module_device(module: nn.Module) -> torch.device:
 
 
 def _unpack(batch: Any, index: int) -> tuple[Any, Tensor, Tensor | None]:
-    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
-        kind = type(batch).__name__ + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
-        raise ValueError(
-            f"batch {index} is a {kind}; last-layer retraining expects (x, y) or (x, y, g) batches: map your "
-            "batches to that form (e.g. a wrapping generator) before passing the loader."
-        )
-    x, y, *rest = batch
-    return x, y, rest[0] if rest else None
+    return unpack_batch(
+        batch,
+        user=f"batch {index}: last-layer retraining",
+        advice="map your batches to that form (e.g. a wrapping generator) before passing the loader.",
+    )
 
 
 def _labels(values: Any, n: int, name: str, index: int) -> Tensor:
@@ -224,35 +222,7 @@ def extract_features(
             for index, batch in enumerate(loader):
                 x, y, g = _unpack(batch, index)
                 x = move_data_to_device(x, device)
-                if fn is None:
-                    captured.clear()
-                    outputs = module(x)
-                    if len(captured) != 1:
-                        raise ValueError(
-                            f"batch {index}: the head was called {len(captured)} times during module(x); the forward "
-                            "hook needs exactly one call per forward. Pass feature_fn= (x -> (B, d) features)."
-                        )
-                    block = _check_feature_block(captured[0], index, "the head's input")
-                else:
-                    block = _check_feature_block(fn(x), index, "the feature function")
-                    outputs = None
-                    if index == 0 and check_forward and layer is not None:
-                        outputs = module(x)
-                if layer is not None and block.shape[1] != layer.in_features:
-                    raise ValueError(
-                        f"batch {index}: the features have width {block.shape[1]} but the head has in_features="
-                        f"{layer.in_features}; the feature function must return the head's input (pass the matching "
-                        "feature_fn= / head=)."
-                    )
-                if index == 0 and check_forward and layer is not None and not _consistent(outputs, layer, block):
-                    warnings.warn(
-                        "module(x) differs from head(features) on the first batch: the module post-processes the "
-                        "head's output, or the feature function / head are not the module's last layer and its "
-                        "input. The refit head is still written back, but the reported errors are those of "
-                        "head(features). Pass check_forward=False to silence this.",
-                        UserWarning,
-                        stacklevel=2,
-                    )
+                block = _batch_features(module, x, index, fn, layer, captured, check_forward and index == 0)
                 if has_groups is None:
                     has_groups = g is not None
                 elif has_groups != (g is not None):
@@ -270,3 +240,46 @@ def extract_features(
     if not features:
         raise ValueError("the loader yielded no batch; pass a non-empty retraining set.")
     return RetrainingFeatures(torch.cat(features), torch.cat(targets), torch.cat(groups) if groups else None)
+
+
+def _batch_features(
+    module: nn.Module,
+    x: Any,
+    index: int,
+    fn: FeatureFn | None,
+    layer: nn.Linear | None,
+    captured: list[Tensor],
+    check: bool,
+) -> Tensor:
+    """The ``(B, d)`` features of one batch (from ``fn``, or recorded by the head's hook), checked against the head.
+
+    With ``check`` (the first batch), warn if ``module(x)`` differs from ``head(features)``.
+    """
+    if fn is None:
+        captured.clear()
+        outputs = module(x)
+        if len(captured) != 1:
+            raise ValueError(
+                f"batch {index}: the head was called {len(captured)} times during module(x); the forward "
+                "hook needs exactly one call per forward. Pass feature_fn= (x -> (B, d) features)."
+            )
+        block = _check_feature_block(captured[0], index, "the head's input")
+    else:
+        block = _check_feature_block(fn(x), index, "the feature function")
+        outputs = module(x) if check and layer is not None else None
+    if layer is not None and block.shape[1] != layer.in_features:
+        raise ValueError(
+            f"batch {index}: the features have width {block.shape[1]} but the head has in_features="
+            f"{layer.in_features}; the feature function must return the head's input (pass the matching "
+            "feature_fn= / head=)."
+        )
+    if check and layer is not None and not _consistent(outputs, layer, block):
+        warnings.warn(
+            "module(x) differs from head(features) on the first batch: the module post-processes the "
+            "head's output, or the feature function / head are not the module's last layer and its "
+            "input. The refit head is still written back, but the reported errors are those of "
+            "head(features). Pass check_forward=False to silence this.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return block

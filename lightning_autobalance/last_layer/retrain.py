@@ -19,22 +19,20 @@ Example:
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
 from lightning_autobalance.group_last_layer import GROUP_MODES, afr_head, dfr_head
-from lightning_autobalance.last_layer.features import Data, FeatureFn, RetrainingFeatures, extract_features
+from lightning_autobalance.last_layer.features import Data, RetrainingFeatures, extract_features
 from lightning_autobalance.last_layer.head import current_head, resolve_head, write_head
+from lightning_autobalance.last_layer.options import RefitOptions, check_options
 from lightning_autobalance.llr import (
-    DEFAULT_MAX_WEIGHT,
-    MODES,
     LinearHead,
     class_weights_for_mode,
     effective_dimension,
@@ -47,6 +45,7 @@ from lightning_autobalance.metrics import (
     worst_class_error,
     worst_group_error,
 )
+from lightning_autobalance.options import options_from, options_signature
 
 __all__ = ["LastLayerReport", "check_options", "retrain_last_layer"]
 
@@ -97,20 +96,6 @@ class LastLayerReport(Mapping[str, float]):
 
     def __repr__(self) -> str:
         return f"LastLayerReport(mode={self.mode!r}, loss={self.loss!r}, metrics={len(self.metrics)} entries)"
-
-
-def check_options(mode: str, loss: str, ridge: float, variance: float, max_weight: float) -> None:
-    """Raise a :class:`ValueError` naming the first bad option of a refit."""
-    if mode not in MODES + GROUP_MODES:
-        raise ValueError(f"mode must be one of {MODES + GROUP_MODES}, got {mode!r}.")
-    if loss not in ("square", "ce"):
-        raise ValueError(f"loss must be 'square' (the paper's, closed form) or 'ce', got {loss!r}.")
-    if not (math.isfinite(float(ridge)) and float(ridge) >= 0):
-        raise ValueError(f"ridge must be a finite number >= 0, got {ridge}.")
-    if not 0.0 < float(variance) <= 1.0:
-        raise ValueError(f"variance must be in (0, 1], got {variance}.")
-    if not (math.isfinite(float(max_weight)) and float(max_weight) >= 1):
-        raise ValueError(f"max_weight must be a finite number >= 1, got {max_weight}.")
 
 
 def _declared_classes(module: nn.Module, num_classes: int | None) -> tuple[int | None, str]:
@@ -169,25 +154,14 @@ def retrain_last_layer(
     data: Data,
     mode: str = "thumb",
     *,
-    loss: Literal["square", "ce"] = "square",
-    ridge: float = 0.0,
-    variance: float = 0.99,
-    delta: float | None = None,
-    max_weight: float = DEFAULT_MAX_WEIGHT,
-    bilevel: Mapping[str, Any] | None = None,
-    group_head: Mapping[str, Any] | None = None,
-    seed: int = 0,
-    feature_fn: FeatureFn | None = None,
-    head: nn.Linear | str | None = None,
     num_classes: int | None = None,
     num_groups: int | None = None,
-    use_groups: bool = True,
     eval_data: Data | None = None,
     write_back: bool = True,
     log: bool = True,
-    prefix: str = "llr",
     max_iter: int = 1000,
     check_forward: bool = True,
+    **options: Any,
 ) -> LastLayerReport:
     """Refit the last layer of a trained ``module`` on a retraining set with class weights, and write it back.
 
@@ -235,6 +209,8 @@ def retrain_last_layer(
         prefix: prefix of the metric names.
         max_iter: L-BFGS iterations for ``loss="ce"``.
         check_forward: warn if ``module(x) != head(features)`` on the first batch.
+        **options: ``loss``, ``ridge``, ``variance``, ``delta``, ``max_weight``, ``bilevel``, ``group_head``, ``seed``,
+            ``feature_fn``, ``head``, ``use_groups`` and ``prefix`` above (the fields of :class:`RefitOptions`).
 
     Returns:
         A :class:`LastLayerReport` (a mapping of the flat metrics, plus the head and the weights).
@@ -255,8 +231,58 @@ def retrain_last_layer(
         >>> bool(torch.allclose(net(x), report.head(net[:2](x)), atol=1e-5))  # module(x) uses the refit head
         True
     """
-    check_options(mode, loss, ridge, variance, max_weight)
-    layer, head_name = resolve_head(module, head)
+    settings: RefitOptions = options_from(RefitOptions, "retrain_last_layer", {"mode": mode, **options})
+    layer, head_name = resolve_head(module, settings.head)
+    k = _number_of_classes(module, layer, num_classes)
+
+    def features_of(source_data: Data, name: str) -> RetrainingFeatures:
+        if isinstance(source_data, RetrainingFeatures):
+            out = source_data
+        else:
+            fn = settings.feature_fn
+            out = extract_features(module, source_data, feature_fn=fn, head=layer, check_forward=check_forward)
+        _check_retraining_set(out, layer, k, name)
+        return out if settings.use_groups else RetrainingFeatures(out.features, out.targets, None)
+
+    train = features_of(data, "retraining set")
+    _check_every_class_present(train, k)
+    evaluation = None if eval_data is None else features_of(eval_data, "eval_data")
+
+    d_eff = effective_dimension(train.features, settings.variance)
+    used_delta = d_eff / len(train) if settings.delta is None else float(settings.delta)
+    new_head, weights, fit_metrics, loss = _fit(settings, train, layer, k, used_delta, max_iter)
+    old_head = current_head(layer)
+    groups_seen = [s.groups for s in (train, evaluation) if s is not None and s.groups is not None]
+    g_count = num_groups if num_groups is not None else max((int(g.max()) + 1 for g in groups_seen), default=1)
+    prefix = settings.prefix
+    metrics: dict[str, float] = {
+        f"{prefix}/num_samples": float(len(train)),
+        f"{prefix}/effective_dimension": float(d_eff),
+        f"{prefix}/delta": float(used_delta),
+        **fit_metrics,
+    }
+    per_class: dict[str, Tensor] = {}
+    for split, split_data in (("retrain", train), ("eval", evaluation)):
+        if split_data is not None:
+            after, per_class[split] = _errors(new_head, split_data, k, g_count, f"{prefix}/{split}")
+            metrics.update(after)
+            metrics.update(_errors(old_head, split_data, k, g_count, f"{prefix}/{split}_before")[0])
+
+    if write_back:
+        write_head(layer, new_head)
+    report = LastLayerReport(
+        metrics, settings.mode, loss, new_head, old_head, weights, head_name, per_class, written_back=write_back
+    )
+    if log:
+        _log(module, report)
+    return report
+
+
+retrain_last_layer.__signature__ = options_signature(retrain_last_layer, RefitOptions)  # type: ignore[attr-defined]
+
+
+def _number_of_classes(module: nn.Module, layer: nn.Linear, num_classes: int | None) -> int:
+    """The head's ``out_features``, checked against the declared number of classes (``K >= 2``)."""
     declared, source = _declared_classes(module, num_classes)
     k = layer.out_features
     if declared is not None and declared != k:
@@ -266,16 +292,10 @@ def retrain_last_layer(
         )
     if k < 2:
         raise ValueError(f"the head has out_features={k}; last-layer retraining needs one output per class (K >= 2).")
+    return k
 
-    def features_of(source_data: Data, name: str) -> RetrainingFeatures:
-        if isinstance(source_data, RetrainingFeatures):
-            out = source_data
-        else:
-            out = extract_features(module, source_data, feature_fn=feature_fn, head=layer, check_forward=check_forward)
-        _check_retraining_set(out, layer, k, name)
-        return out if use_groups else RetrainingFeatures(out.features, out.targets, None)
 
-    train = features_of(data, "retraining set")
+def _check_every_class_present(train: RetrainingFeatures, k: int) -> None:
     counts = torch.bincount(train.targets, minlength=k)
     present = torch.nonzero(counts).flatten().tolist()
     if len(present) < 2:
@@ -289,78 +309,45 @@ def retrain_last_layer(
             f"classes {absent} have no sample in the retraining set of {len(train)} samples; the refit head could "
             "never predict them. Use a stratified held-out split (HeldOutSplit, stratified_split) or a larger one."
         )
-    evaluation = None if eval_data is None else features_of(eval_data, "eval_data")
 
-    n = len(train)
-    d_eff = effective_dimension(train.features, variance)
-    used_delta = d_eff / n if delta is None else float(delta)
+
+def _fit(
+    settings: RefitOptions, train: RetrainingFeatures, layer: nn.Linear, k: int, delta: float, max_iter: int
+) -> tuple[LinearHead, Tensor, dict[str, float], str]:
+    """The refit head, the loss weights, the metrics of the fit and the loss it minimised."""
+    if settings.mode in GROUP_MODES:
+        head, weights, metrics = _fit_group_head(
+            settings.mode, train, layer, k, settings.seed, settings.group_head, settings.prefix
+        )
+        return head, weights, metrics, "ce"  # both baselines fit a logistic (cross-entropy) head
     fit_intercept = layer.bias is not None
-    group_metrics: dict[str, float] = {}
-    if mode in GROUP_MODES:
-        new_head, weights, group_metrics = _fit_group_head(mode, train, layer, k, seed, group_head, prefix)
-        loss = "ce"  # both baselines fit a logistic (cross-entropy) head
-    else:
-        bilevel_kwargs = dict(bilevel or {})
-        bilevel_kwargs.setdefault("ridge", ridge)
-        bilevel_kwargs.setdefault("fit_intercept", fit_intercept)
-        weights = class_weights_for_mode(
-            mode,  # type: ignore[arg-type]
-            train.targets,
-            train.features,
-            train.groups,
-            num_classes=k,
-            variance=variance,
-            delta=used_delta,
-            max_weight=max_weight,
-            seed=seed,
-            bilevel_kwargs=bilevel_kwargs,
-        )
-        new_head = fit_last_layer(
-            train.features,
-            train.targets,
-            train.groups,
-            weights,
-            loss=loss,
-            ridge=ridge,
-            num_classes=k,
-            fit_intercept=fit_intercept,
-            max_iter=max_iter,
-        )
-    old_head = current_head(layer)
-
-    groups_seen = [s.groups for s in (train, evaluation) if s is not None and s.groups is not None]
-    g_count = num_groups if num_groups is not None else max((int(g.max()) + 1 for g in groups_seen), default=1)
-    metrics: dict[str, float] = {
-        f"{prefix}/num_samples": float(n),
-        f"{prefix}/effective_dimension": float(d_eff),
-        f"{prefix}/delta": float(used_delta),
-        **group_metrics,
-    }
-    per_class: dict[str, Tensor] = {}
-    for split, split_data in (("retrain", train), ("eval", evaluation)):
-        if split_data is None:
-            continue
-        after, per_class[split] = _errors(new_head, split_data, k, g_count, f"{prefix}/{split}")
-        before, _ = _errors(old_head, split_data, k, g_count, f"{prefix}/{split}_before")
-        metrics.update(after)
-        metrics.update(before)
-
-    if write_back:
-        write_head(layer, new_head)
-    report = LastLayerReport(
-        metrics=metrics,
-        mode=mode,
-        loss=loss,
-        head=new_head,
-        previous_head=old_head,
-        weights=weights,
-        head_name=head_name,
-        class_errors=per_class,
-        written_back=write_back,
+    bilevel_kwargs = dict(settings.bilevel or {})
+    bilevel_kwargs.setdefault("ridge", settings.ridge)
+    bilevel_kwargs.setdefault("fit_intercept", fit_intercept)
+    weights = class_weights_for_mode(
+        settings.mode,  # type: ignore[arg-type]
+        train.targets,
+        train.features,
+        train.groups,
+        num_classes=k,
+        variance=settings.variance,
+        delta=delta,
+        max_weight=settings.max_weight,
+        seed=settings.seed,
+        bilevel_kwargs=bilevel_kwargs,
     )
-    if log:
-        _log(module, report)
-    return report
+    head = fit_last_layer(
+        train.features,
+        train.targets,
+        train.groups,
+        weights,
+        loss=settings.loss,
+        ridge=settings.ridge,
+        num_classes=k,
+        fit_intercept=fit_intercept,
+        max_iter=max_iter,
+    )
+    return head, weights, {}, settings.loss
 
 
 def _fit_group_head(

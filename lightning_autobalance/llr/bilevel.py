@@ -7,19 +7,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_autobalance.data.labels import cell_index
+from lightning_autobalance.data.split import stratified_split
 from lightning_autobalance.llr.checks import check_features, check_groups, check_ridge, check_targets
 from lightning_autobalance.llr.head import penalty_diag, singular_message
+from lightning_autobalance.options import options_from, options_signature
 
 __all__ = [
     "DEFAULT_ANCHOR",
     "DEFAULT_MIN_CELL_SIZE",
+    "BilevelOptions",
     "BilevelResult",
+    "ObjectiveOptions",
     "bilevel_objective",
     "bilevel_weights",
 ]
@@ -69,24 +74,11 @@ class _BilevelProblem:
     """
 
     def __init__(
-        self,
-        train_x: Tensor,
-        train_y: Tensor,
-        train_cells: Tensor,
-        num_cells: int,
-        cell_class: Tensor,
-        val_x: Tensor,
-        val_y: Tensor,
-        val_obj_cells: Tensor,
-        k: int,
-        objective: str,
-        val_loss: str,
-        temperature: float,
-        ridge: float,
-        fit_intercept: bool,
+        self, train: _Split, num_cells: int, cell_class: Tensor, val: _Split, k: int, options: ObjectiveOptions
     ) -> None:
+        train_x, train_cells = train.x, train.cells
         mean = train_x.mean(dim=0)
-        xa = _augment(train_x - mean, fit_intercept)
+        xa = _augment(train_x - mean, options.fit_intercept)
         p = xa.shape[1]
         self.grams = torch.zeros(num_cells, p, p, dtype=torch.float64)
         self.sums = torch.zeros(num_cells, p, dtype=torch.float64)
@@ -97,16 +89,16 @@ class _BilevelProblem:
         self.cell_counts = torch.bincount(train_cells, minlength=num_cells).to(torch.float64)
         self.n_train = float(train_x.shape[0])
         self.onehot_cells = F.one_hot(cell_class, k).to(torch.float64)  # (C, K)
-        self.penalty = penalty_diag(train_x.shape[1], ridge, fit_intercept)
-        self.val_xa = _augment(val_x - mean, fit_intercept)
-        self.val_y = val_y
-        self.val_onehot = F.one_hot(val_y, k).to(torch.float64)
-        present, self.val_cells = torch.unique(val_obj_cells, return_inverse=True)
+        self.penalty = penalty_diag(train_x.shape[1], options.ridge, options.fit_intercept)
+        self.val_xa = _augment(val.x - mean, options.fit_intercept)
+        self.val_y = val.y
+        self.val_onehot = F.one_hot(val.y, k).to(torch.float64)
+        present, self.val_cells = torch.unique(val.cells, return_inverse=True)
         self.num_val_cells = present.numel()
         self.val_cell_counts = torch.bincount(self.val_cells, minlength=self.num_val_cells).to(torch.float64)
-        self.objective = objective
-        self.val_loss = val_loss
-        self.temperature = temperature
+        self.objective = options.objective
+        self.val_loss = options.val_loss
+        self.temperature = options.temperature
         self.m = int(train_x.shape[0])
         self.d = int(train_x.shape[1])
 
@@ -138,13 +130,79 @@ class _BilevelProblem:
         return t * (torch.logsumexp(per_cell / t, dim=0) - math.log(self.num_val_cells))
 
 
-def _check_bilevel_options(objective: str, val_loss: str, temperature: float) -> None:
-    if objective not in ("balanced", "worst_group"):
-        raise ValueError(f"objective must be 'balanced' or 'worst_group', got {objective!r}")
-    if val_loss not in ("square", "ce"):
-        raise ValueError(f"val_loss must be 'square' or 'ce', got {val_loss!r}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+@dataclass(frozen=True)
+class ObjectiveOptions:
+    """Settings of the validation objective and of the inner fit (see :func:`bilevel_objective`).
+
+    Raises:
+        ValueError: an unknown ``objective`` / ``val_loss``, a temperature that is not > 0, a bad ``ridge``.
+
+    Example:
+        >>> ObjectiveOptions(objective="worst_group").temperature
+        0.1
+    """
+
+    objective: Literal["balanced", "worst_group"] = "balanced"
+    val_loss: Literal["square", "ce"] = "ce"
+    temperature: float = 0.1
+    ridge: float = 0.0
+    fit_intercept: bool = True
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("balanced", "worst_group"):
+            raise ValueError(f"objective must be 'balanced' or 'worst_group', got {self.objective!r}")
+        if self.val_loss not in ("square", "ce"):
+            raise ValueError(f"val_loss must be 'square' or 'ce', got {self.val_loss!r}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        object.__setattr__(self, "temperature", float(self.temperature))
+        object.__setattr__(self, "ridge", check_ridge(self.ridge))
+
+
+@dataclass(frozen=True)
+class BilevelOptions(ObjectiveOptions):
+    """Settings of :func:`bilevel_weights` (documented there): the objective's, the split's and the descent's.
+
+    Raises:
+        ValueError: the errors of :class:`ObjectiveOptions`; ``val_fraction`` outside ``(0, 1)``, ``steps < 0``, a
+            ``min_cell_size`` that is not an integer >= 0, a negative or NaN ``anchor``.
+
+    Example:
+        >>> BilevelOptions(steps=5).anchor == DEFAULT_ANCHOR
+        True
+    """
+
+    per: Literal["class", "group_class"] | None = None
+    val_fraction: float = 0.3
+    steps: int = 100
+    lr: float = 0.05
+    init: Literal["none", "priors"] | Tensor = "priors"
+    seed: int = 0
+    min_cell_size: int = DEFAULT_MIN_CELL_SIZE
+    anchor: float = DEFAULT_ANCHOR
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (0.0 < float(self.val_fraction) < 1.0):
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if int(self.steps) < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        size = self.min_cell_size
+        if isinstance(size, bool) or int(size) != size or size < 0:
+            raise ValueError(f"min_cell_size must be an integer >= 0 (validation samples per cell), got {size}")
+        anchor = float(self.anchor)
+        if math.isnan(anchor) or anchor < 0:
+            raise ValueError(f"anchor must be >= 0 (0 switches the prior-ratio penalty off, inf pins it), got {anchor}")
+        object.__setattr__(self, "anchor", anchor)
+
+
+@dataclass(frozen=True)
+class _Split:
+    """One side of the split: features, class labels and the cell of every sample (weight or objective cells)."""
+
+    x: Tensor
+    y: Tensor
+    cells: Tensor
 
 
 def _weight_cells(
@@ -161,13 +219,13 @@ def _weight_cells(
         g = log_weights_shape[0]
         if int(groups.max()) >= g:
             raise ValueError(f"groups has label {int(groups.max())} but the weights have only {g} rows")
-        return groups * k + targets, g * k, torch.arange(k).repeat(g)
+        return cell_index(targets, groups, k), g * k, torch.arange(k).repeat(g)
     raise ValueError(f"log-weights must have shape (K,) or (G, K) with K={k}, got {log_weights_shape}")
 
 
 def _objective_cells(targets: Tensor, groups: Tensor | None, k: int, objective: str) -> Tensor:
     if objective == "worst_group" and groups is not None:
-        return groups * k + targets
+        return cell_index(targets, groups, k)
     return targets
 
 
@@ -181,11 +239,7 @@ def bilevel_objective(
     train_groups: Tensor | None = None,
     val_groups: Tensor | None = None,
     num_classes: int | None = None,
-    objective: Literal["balanced", "worst_group"] = "balanced",
-    val_loss: Literal["square", "ce"] = "ce",
-    temperature: float = 0.1,
-    ridge: float = 0.0,
-    fit_intercept: bool = True,
+    **options: Any,
 ) -> Tensor:
     """Validation objective of the closed-form square-loss head as a differentiable function of log-weights.
 
@@ -215,6 +269,8 @@ def bilevel_objective(
         temperature: ``τ > 0`` of the smooth max.
         ridge: L2 penalty as in :func:`fit_last_layer` (square loss).
         fit_intercept: fit an unpenalised bias.
+        **options: ``objective``, ``val_loss``, ``temperature``, ``ridge`` and ``fit_intercept`` above (the fields
+            of :class:`ObjectiveOptions`).
 
     Returns:
         A float64 scalar tensor, differentiable with respect to ``log_weights``.
@@ -228,8 +284,7 @@ def bilevel_objective(
         >>> lw.grad.shape
         torch.Size([2])
     """
-    _check_bilevel_options(objective, val_loss, temperature)
-    ridge = check_ridge(ridge)
+    settings: ObjectiveOptions = options_from(ObjectiveOptions, "bilevel_objective", options)
     tx = check_features(train_features, "train_features").to(torch.float64)
     vx = check_features(val_features, "val_features").to(torch.float64)
     if vx.shape[1] != tx.shape[1]:
@@ -239,41 +294,23 @@ def bilevel_objective(
     tg = check_groups(train_groups, tx.shape[0])
     vg = check_groups(val_groups, vx.shape[0])
     cells, num_cells, cell_class = _weight_cells(tuple(log_weights.shape), ty, tg, k)
-    problem = _BilevelProblem(
-        tx,
-        ty,
-        cells,
-        num_cells,
-        cell_class,
-        vx,
-        vy,
-        _objective_cells(vy, vg, k, objective),
-        k,
-        objective,
-        val_loss,
-        float(temperature),
-        ridge,
-        fit_intercept,
-    )
+    val = _Split(vx, vy, _objective_cells(vy, vg, k, settings.objective))
+    problem = _BilevelProblem(_Split(tx, ty, cells), num_cells, cell_class, val, k, settings)
     return problem(log_weights.to(torch.float64).reshape(-1))
+
+
+bilevel_objective.__signature__ = options_signature(bilevel_objective, ObjectiveOptions)  # type: ignore[attr-defined]
 
 
 def _stratified_split(cells: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """Indices (train, val): each cell contributes ``round(fraction·n_c)`` samples to val, ≥ 1 to each side."""
-    gen = torch.Generator().manual_seed(int(seed))
-    train, val = [], []
-    for c in torch.unique(cells).tolist():
-        idx = torch.nonzero(cells == c).flatten()
-        idx = idx[torch.randperm(idx.numel(), generator=gen)]
-        if idx.numel() < 2:
-            raise ValueError(
-                f"cell {c} has a single sample; the bilevel split needs >= 2 samples per class "
-                f"(and per (group, class) cell with groups)"
-            )
-        n_val = min(max(round(fraction * idx.numel()), 1), idx.numel() - 1)
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    return torch.sort(torch.cat(train)).values, torch.sort(torch.cat(val)).values
+    single = torch.nonzero(torch.bincount(cells) == 1).flatten().tolist()
+    if single:
+        raise ValueError(
+            f"cell {single[0]} has a single sample; the bilevel split needs >= 2 samples per class "
+            f"(and per (group, class) cell with groups)"
+        )
+    return stratified_split(cells, None, fraction, int(seed))
 
 
 def bilevel_weights(
@@ -282,19 +319,7 @@ def bilevel_weights(
     groups: Tensor | None = None,
     *,
     num_classes: int | None = None,
-    per: Literal["class", "group_class"] | None = None,
-    objective: Literal["balanced", "worst_group"] = "balanced",
-    val_loss: Literal["square", "ce"] = "ce",
-    val_fraction: float = 0.3,
-    steps: int = 100,
-    lr: float = 0.05,
-    temperature: float = 0.1,
-    ridge: float = 0.0,
-    fit_intercept: bool = True,
-    init: Literal["none", "priors"] | Tensor = "priors",
-    seed: int = 0,
-    min_cell_size: int = DEFAULT_MIN_CELL_SIZE,
-    anchor: float = DEFAULT_ANCHOR,
+    **options: Any,
 ) -> BilevelResult:
     """Tune per-class or per-(group, class) loss weights by bilevel optimisation on a split of the retraining set.
 
@@ -350,6 +375,8 @@ def bilevel_weights(
         min_cell_size: cells with fewer validation samples than this keep the prior-ratio weight (``≤ 1``
             tunes every cell).
         anchor: strength ``λ ≥ 0`` (or ``inf``) of the penalty anchoring the weights to the ratio of priors.
+        **options: every argument above but ``features``, ``targets``, ``groups`` and ``num_classes`` (the fields of
+            :class:`BilevelOptions`).
 
     Returns:
         A :class:`BilevelResult` (best weights, objective history including the penalty, weight history, mask of
@@ -366,118 +393,123 @@ def bilevel_weights(
         >>> res.weights.shape, len(res.history)
         (torch.Size([2]), 21)
     """
-    _check_bilevel_options(objective, val_loss, temperature)
-    ridge = check_ridge(ridge)
-    if not (0.0 < float(val_fraction) < 1.0):
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if int(steps) < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if isinstance(min_cell_size, bool) or int(min_cell_size) != min_cell_size or min_cell_size < 0:
-        raise ValueError(f"min_cell_size must be an integer >= 0 (validation samples per cell), got {min_cell_size}")
-    anchor = float(anchor)
-    if math.isnan(anchor) or anchor < 0:
-        raise ValueError(f"anchor must be >= 0 (0 switches the prior-ratio penalty off, inf pins it), got {anchor}")
+    settings: BilevelOptions = options_from(BilevelOptions, "bilevel_weights", options)
     x = check_features(features).to(torch.float64)
     n = x.shape[0]
     y, k = check_targets(targets, n, num_classes)
     g = check_groups(groups, n)
-    if per is None:
-        per = "class" if g is None else "group_class"
-    if per == "class":
-        shape: tuple[int, ...] = (k,)
-    elif per == "group_class":
-        if g is None:
-            raise ValueError("per='group_class' needs group labels; pass groups or use per='class'")
-        shape = (int(g.max()) + 1, k)
-    else:
-        raise ValueError(f"per must be 'class' or 'group_class', got {per!r}")
+    shape = _weights_shape(settings.per, g, k)
     if torch.unique(y).numel() < 2:
         raise ValueError("only one class present in targets; the retraining set needs at least two classes")
 
     cells, num_cells, cell_class = _weight_cells(shape, y, g, k)
-    split_cells = cells if g is None else g * k + y
-    train_idx, val_idx = _stratified_split(split_cells, float(val_fraction), seed)
-    p = x.shape[1] + int(fit_intercept)
-    if ridge == 0.0 and train_idx.numel() < p:
+    train_idx, val_idx = _stratified_split(cell_index(y, g, k), float(settings.val_fraction), settings.seed)
+    p = x.shape[1] + int(settings.fit_intercept)
+    if settings.ridge == 0.0 and train_idx.numel() < p:
         raise ValueError(
             f"n <= d in the bilevel training split ({train_idx.numel()} samples, d={x.shape[1]}); "
             f"pass ridge>0, a smaller val_fraction, or fewer features"
         )
     val_g = None if g is None else g[val_idx]
-    problem = _BilevelProblem(
-        x[train_idx],
-        y[train_idx],
-        cells[train_idx],
-        num_cells,
-        cell_class,
-        x[val_idx],
-        y[val_idx],
-        _objective_cells(y[val_idx], val_g, k, objective),
-        k,
-        objective,
-        val_loss,
-        float(temperature),
-        ridge,
-        fit_intercept,
-    )
+    val = _Split(x[val_idx], y[val_idx], _objective_cells(y[val_idx], val_g, k, settings.objective))
+    train = _Split(x[train_idx], y[train_idx], cells[train_idx])
+    problem = _BilevelProblem(train, num_cells, cell_class, val, k, settings)
+    descent = _Descent(problem, cells, num_cells, torch.bincount(cells[val_idx], minlength=num_cells), shape, settings)
+    return descent.run(_start(settings.init, descent.prior_log, shape, num_cells))
 
-    full_counts = torch.bincount(cells, minlength=num_cells).to(torch.float64)
-    present = full_counts > 0
-    prior_log = -torch.log(full_counts.clamp_min(1.0))  # log-weights of the ratio of priors (inverse frequency)
-    val_counts = torch.bincount(cells[val_idx], minlength=num_cells)
-    tuned = present & (val_counts >= int(min_cell_size))
-    if math.isinf(anchor):
-        tuned = torch.zeros_like(tuned)
+
+bilevel_weights.__signature__ = options_signature(bilevel_weights, BilevelOptions)  # type: ignore[attr-defined]
+
+
+def _weights_shape(per: str | None, g: Tensor | None, k: int) -> tuple[int, ...]:
+    """``(K,)`` per class or ``(G, K)`` per (group, class); ``per=None`` picks by the presence of groups."""
+    if per is None:
+        per = "class" if g is None else "group_class"
+    if per == "class":
+        return (k,)
+    if per == "group_class":
+        if g is None:
+            raise ValueError("per='group_class' needs group labels; pass groups or use per='class'")
+        return (int(g.max()) + 1, k)
+    raise ValueError(f"per must be 'class' or 'group_class', got {per!r}")
+
+
+def _start(init: str | Tensor, prior_log: Tensor, shape: tuple[int, ...], num_cells: int) -> Tensor:
+    """The starting log-weights: of ``"none"`` (ones), ``"priors"`` or a positive tensor of the weights' shape."""
     if isinstance(init, str):
         if init == "none":
-            start = torch.zeros(num_cells, dtype=torch.float64)
-        elif init == "priors":
-            start = prior_log.clone()
-        else:
-            raise ValueError(f"init must be 'none', 'priors' or a tensor of positive weights, got {init!r}")
-    else:
-        init_t = torch.as_tensor(init, dtype=torch.float64)
-        if tuple(init_t.shape) != shape or not bool(torch.isfinite(init_t).all()) or bool((init_t <= 0).any()):
-            raise ValueError(f"init must be a finite positive tensor of shape {shape}")
-        start = torch.log(init_t).reshape(-1)
-    # Optimise the log-corrections r = log-weights − prior log-weights of the tuned cells; the other cells take
-    # the mean correction of the tuned ones (0, the ratio of priors, when none is tuned).
-    correction = (start - prior_log).clone().requires_grad_(True)
-    opt = torch.optim.Adam([correction], lr=float(lr))
-    num_tuned = int(tuned.sum())
-    num_present = int(present.sum())
+            return torch.zeros(num_cells, dtype=torch.float64)
+        if init == "priors":
+            return prior_log.clone()
+        raise ValueError(f"init must be 'none', 'priors' or a tensor of positive weights, got {init!r}")
+    init_t = torch.as_tensor(init, dtype=torch.float64)
+    if tuple(init_t.shape) != shape or not bool(torch.isfinite(init_t).all()) or bool((init_t <= 0).any()):
+        raise ValueError(f"init must be a finite positive tensor of shape {shape}")
+    return torch.log(init_t).reshape(-1)
 
-    def log_weights(r: Tensor) -> Tensor:
-        fill = r[tuned].mean() if num_tuned else r.new_zeros(())
-        return prior_log + torch.where(tuned, r, fill)
 
-    def penalty(lw: Tensor) -> Tensor:
-        if anchor == 0.0 or math.isinf(anchor) or num_tuned == 0:
+class _Descent:
+    """Adam on the log-corrections ``r = log-weights − prior log-weights`` of the tuned cells.
+
+    The other cells take the mean correction of the tuned ones (0, the ratio of priors, when none is tuned); the
+    ``anchor`` penalty pulls the corrections towards their mean (see :func:`bilevel_weights`).
+    """
+
+    def __init__(
+        self,
+        problem: _BilevelProblem,
+        cells: Tensor,
+        num_cells: int,
+        val_counts: Tensor,
+        shape: tuple[int, ...],
+        options: BilevelOptions,
+    ) -> None:
+        self.problem, self.shape, self.options, self.val_counts = problem, shape, options, val_counts
+        self.n = cells.shape[0]
+        self.full_counts = torch.bincount(cells, minlength=num_cells).to(torch.float64)
+        self.present = self.full_counts > 0
+        self.prior_log = -torch.log(self.full_counts.clamp_min(1.0))  # log-weights of the ratio of priors
+        tuned = self.present & (val_counts >= int(options.min_cell_size))
+        self.tuned = torch.zeros_like(tuned) if math.isinf(options.anchor) else tuned
+        self.num_tuned = int(self.tuned.sum())
+        self.num_present = int(self.present.sum())
+
+    def log_weights(self, r: Tensor) -> Tensor:
+        fill = r[self.tuned].mean() if self.num_tuned else r.new_zeros(())
+        return self.prior_log + torch.where(self.tuned, r, fill)
+
+    def penalty(self, lw: Tensor) -> Tensor:
+        anchor = self.options.anchor
+        if anchor == 0.0 or math.isinf(anchor) or self.num_tuned == 0:
             return lw.new_zeros(())
-        r = (lw - prior_log)[present]
-        return anchor * ((r - r.mean()).pow(2) / val_counts[present].clamp_min(1)).sum() / num_present
+        r = (lw - self.prior_log)[self.present]
+        return anchor * ((r - r.mean()).pow(2) / self.val_counts[self.present].clamp_min(1)).sum() / self.num_present
 
-    def full_norm(lw: Tensor) -> Tensor:
+    def full_norm(self, lw: Tensor) -> Tensor:
         w = torch.exp(lw - lw.max())
-        return (w * (n / (full_counts * w).sum())).reshape(shape)
+        return (w * (self.n / (self.full_counts * w).sum())).reshape(self.shape)
 
-    history: list[float] = []
-    weight_history: list[Tensor] = []
-    for step in range(int(steps) + 1):
-        opt.zero_grad()
-        lw = log_weights(correction)
-        value = problem(lw) + penalty(lw)
-        history.append(float(value.detach()))
-        weight_history.append(full_norm(lw.detach()))
-        if step == int(steps) or num_tuned == 0:
-            break
-        value.backward()
-        opt.step()
-    best = min(range(len(history)), key=history.__getitem__)
-    return BilevelResult(
-        weights=weight_history[best].clone(),
-        history=history,
-        weight_history=torch.stack(weight_history),
-        best_step=best,
-        tuned=tuned.reshape(shape),
-    )
+    def run(self, start: Tensor) -> BilevelResult:
+        correction = (start - self.prior_log).clone().requires_grad_(True)
+        opt = torch.optim.Adam([correction], lr=float(self.options.lr))
+        steps = int(self.options.steps)
+        history: list[float] = []
+        weight_history: list[Tensor] = []
+        for step in range(steps + 1):
+            opt.zero_grad()
+            lw = self.log_weights(correction)
+            value = self.problem(lw) + self.penalty(lw)
+            history.append(float(value.detach()))
+            weight_history.append(self.full_norm(lw.detach()))
+            if step == steps or self.num_tuned == 0:
+                break
+            value.backward()
+            opt.step()
+        best = min(range(len(history)), key=history.__getitem__)
+        return BilevelResult(
+            weights=weight_history[best].clone(),
+            history=history,
+            weight_history=torch.stack(weight_history),
+            best_step=best,
+            tuned=self.tuned.reshape(self.shape),
+        )

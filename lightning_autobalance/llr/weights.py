@@ -13,7 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lightning_autobalance.data.labels import cell_index
 from lightning_autobalance.llr.checks import check_groups, check_targets
+from lightning_autobalance.losses.priors import class_priors, inverse_prior_weights, normalise_to_prior
 
 __all__ = [
     "DEFAULT_MAX_CORRECTION",
@@ -114,10 +116,6 @@ def optimal_weight(minority_prior: float, delta: float, max_weight: float = DEFA
     return rho
 
 
-def _normalise(raw: Tensor, priors: Tensor) -> Tensor:
-    return raw / (priors * raw).sum()
-
-
 def prior_class_weights(class_counts: Sequence[float] | Tensor) -> Tensor:
     """Inverse-prior class weights ``ω_k ∝ 1/π_k``, normalised so the mean weight over samples is 1.
 
@@ -136,9 +134,7 @@ def prior_class_weights(class_counts: Sequence[float] | Tensor) -> Tensor:
         >>> prior_class_weights([80, 20]).tolist()
         [0.625, 2.5]
     """
-    counts = _check_counts(class_counts)
-    priors = counts / counts.sum()
-    return _normalise(1.0 / priors, priors)
+    return inverse_prior_weights(_check_counts(class_counts))
 
 
 def _check_max_correction(max_correction: float) -> float:
@@ -208,7 +204,7 @@ def thumb_class_weights(
     counts = _check_counts(class_counts)
     delta, max_weight = _check_delta_and_cap(delta, max_weight)
     max_correction = _check_max_correction(max_correction)
-    priors = counts / counts.sum()
+    priors = class_priors(counts)
     raw = torch.empty_like(priors)
     if priors.numel() == 2:
         capped_classes = []
@@ -228,7 +224,7 @@ def thumb_class_weights(
                 UserWarning,
                 stacklevel=2,
             )
-        return _normalise(raw, priors)
+        return normalise_to_prior(raw, priors)
     for k, p in enumerate(priors.tolist()):
         correction = 1.0
         if p < 0.5:
@@ -236,7 +232,7 @@ def thumb_class_weights(
             if delta < 2.0 * p:
                 correction = min((1.0 - delta / (2.0 * (1.0 - p))) / (1.0 - delta / (2.0 * p)), max_correction)
         raw[k] = correction / p
-    return _normalise(raw, priors)
+    return normalise_to_prior(raw, priors)
 
 
 def downsample_weights(
@@ -265,7 +261,7 @@ def downsample_weights(
     targets, k = check_targets(targets, targets.shape[0] if targets.ndim else -1, num_classes)
     n = targets.shape[0]
     groups = check_groups(groups, n)
-    cells = targets if groups is None else groups * k + targets
+    cells = cell_index(targets, groups, k)
     present = torch.unique(cells)
     if present.numel() < 2:
         raise ValueError("downsampling needs at least two classes (or (group, class) cells) in targets")

@@ -89,11 +89,7 @@ def check_inputs(
             f"targets must be integer class labels of shape ({logits.shape[0]},), got dtype {targets.dtype} "
             f"and shape {tuple(targets.shape)}."
         )
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= num_classes):
-        raise ValueError(
-            f"Labels must lie in [0, {num_classes}), got values in [{int(targets.min())}, "
-            f"{int(targets.max())}]: remap the labels or set num_classes to the number of classes."
-        )
+    _check_range(targets, num_classes, "Labels", "remap the labels or set num_classes to the number of classes")
     if num_groups is None:
         return
     if groups is None:
@@ -108,11 +104,14 @@ def check_inputs(
             f"groups must be integer labels with the shape of targets {tuple(targets.shape)}, got dtype "
             f"{groups.dtype} and shape {tuple(groups.shape)}."
         )
-    if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= num_groups):
-        raise ValueError(
-            f"Group labels must lie in [0, {num_groups}), got values in [{int(groups.min())}, "
-            f"{int(groups.max())}]: build the loss with num_groups={int(groups.max()) + 1}."
-        )
+    _check_range(groups, num_groups, "Group labels", "build the loss with num_groups={top}")
+
+
+def _check_range(labels: Tensor, bound: int, what: str, fix: str) -> None:
+    """Raise unless every label lies in ``[0, bound)``; ``fix`` may name ``{top}``, the largest label + 1."""
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= bound):
+        low, high = int(labels.min()), int(labels.max())
+        raise ValueError(f"{what} must lie in [0, {bound}), got values in [{low}, {high}]: {fix.format(top=high + 1)}.")
 
 
 def reduce_loss(per_sample: Tensor, reduction: str) -> Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,8 @@ from lightning_autobalance.losses.parameterization import (
     average_blocks,
     initial_values,
 )
-from lightning_autobalance.losses.presets import preset_arguments
+from lightning_autobalance.losses.presets import PresetOptions, preset_arguments
+from lightning_autobalance.options import options_from, options_signature
 
 __all__ = ["ParametricCrossEntropy", "make_loss"]
 
@@ -142,16 +143,8 @@ class ParametricCrossEntropy(nn.Module):
         class_counts: Sequence[float] | Tensor | None = None,
         *,
         group_counts: Sequence[Sequence[float]] | Tensor | None = None,
-        tau: float = 1.0,
-        gamma: float = 0.3,
-        beta: float = 0.9999,
-        num_groups: int | None = None,
         learnable: Iterable[str] | str = (),
-        block_size: int = 1,
-        delta_parameterization: DeltaParameterization = "sigmoid",
-        delta_max: float = 2.0,
-        noise: float | Sequence[float] | Tensor | None = None,
-        mix: float | Sequence[float] | Tensor | None = None,
+        **options: Any,
     ) -> ParametricCrossEntropy:
         """Build the loss initialised at a named preset (see :func:`preset_values` for every formula).
 
@@ -177,6 +170,7 @@ class ParametricCrossEntropy(nn.Module):
             noise: initial personalized-augmentation noise σ (a number for every class, or per class / cell);
                 default 0, or 0.5 when learnable.
             mix: initial personalized mixing strength m in [0, ½); default 0, or 0.1 when learnable.
+            **options: the keywords ``tau`` to ``mix`` above (the fields of :class:`PresetOptions`).
 
         Returns:
             The initialised loss.
@@ -189,21 +183,11 @@ class ParametricCrossEntropy(nn.Module):
             >>> [[round(x, 3) for x in row] for row in loss_fn.iota().tolist()]
             [[-0.223, -2.996], [-2.303, -2.996]]
         """
-        arguments = preset_arguments(
-            preset,
-            class_counts,
-            group_counts,
-            tau=tau,
-            gamma=gamma,
-            beta=beta,
-            num_groups=num_groups,
-            block_size=block_size,
-            delta_parameterization=delta_parameterization,
-            delta_max=delta_max,
-            noise=noise,
-            mix=mix,
-        )
+        options_from(PresetOptions, "from_preset", options)  # names the unknown keyword as from_preset's
+        arguments = preset_arguments(preset, class_counts, group_counts, **options)
         return cls(**arguments, learnable=learnable)  # type: ignore[arg-type]
+
+    from_preset.__func__.__signature__ = options_signature(from_preset.__func__, PresetOptions)  # type: ignore[attr-defined]
 
     def _per_group_class(self, kind: str, values: Sequence[float] | Tensor | None, default: float) -> Tensor:
         shape = (self.num_groups, self.num_classes)

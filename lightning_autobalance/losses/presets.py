@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from lightning_autobalance.losses.blocks import frequency_blocks
 from lightning_autobalance.losses.inputs import Counts, as_counts, as_group_counts
+from lightning_autobalance.losses.priors import class_priors, inverse_prior_weights, normalise_to_prior
+from lightning_autobalance.options import options_from, options_signature
 
 __all__ = [
     "PRESETS",
+    "PresetOptions",
     "check_preset_options",
     "effective_number_weights",
     "preset_arguments",
@@ -153,13 +158,11 @@ def preset_values(
     delta, iota, omega = ones.clone(), torch.zeros_like(counts), ones.clone()
     if preset == "ce":
         return {"delta": delta, "iota": iota, "omega": omega}
-    prior = counts / counts.sum()
+    prior = class_priors(counts)
     if preset == "weighted":
-        omega = 1.0 / prior
-        omega = omega / (prior * omega).sum()
+        omega = inverse_prior_weights(counts)
     if preset == "class_balanced":
-        omega = effective_number_weights(counts, beta)
-        omega = omega / (prior * omega).sum()
+        omega = normalise_to_prior(effective_number_weights(counts, beta), prior)
     if preset in ("la", "vs"):
         iota = tau * torch.log(prior)
     if preset == "balanced_softmax":
@@ -211,20 +214,33 @@ def preset_counts(
     return totals, cells, groups
 
 
+@dataclass(frozen=True)
+class PresetOptions:
+    """The settings of a preset loss besides the counts; checked by :func:`preset_arguments`.
+
+    They are documented at :meth:`~lightning_autobalance.losses.ParametricCrossEntropy.from_preset`.
+
+    Example:
+        >>> PresetOptions(tau=0.5).tau, PresetOptions().delta_parameterization
+        (0.5, 'sigmoid')
+    """
+
+    tau: float = 1.0
+    gamma: float = 0.3
+    beta: float = 0.9999
+    num_groups: int | None = None
+    block_size: int = 1
+    delta_parameterization: str = "sigmoid"
+    delta_max: float = 2.0
+    noise: float | Sequence[float] | Tensor | None = None
+    mix: float | Sequence[float] | Tensor | None = None
+
+
 def preset_arguments(
     preset: str,
     class_counts: Sequence[float] | Tensor | None = None,
     group_counts: Sequence[Sequence[float]] | Tensor | None = None,
-    *,
-    tau: float = 1.0,
-    gamma: float = 0.3,
-    beta: float = 0.9999,
-    num_groups: int | None = None,
-    block_size: int = 1,
-    delta_parameterization: str = "sigmoid",
-    delta_max: float = 2.0,
-    noise: float | Sequence[float] | Tensor | None = None,
-    mix: float | Sequence[float] | Tensor | None = None,
+    **options: Any,
 ) -> dict[str, object]:
     """Constructor arguments of the loss initialised at a preset (the work of ``ParametricCrossEntropy.from_preset``).
 
@@ -240,27 +256,32 @@ def preset_arguments(
         >>> arguments["num_classes"], [round(x, 4) for x in arguments["iota"].tolist()]
         (2, [-0.1054, -2.3026])
     """
-    check_preset_options(preset, tau, gamma, beta)
+    settings: PresetOptions = options_from(PresetOptions, "preset_arguments", options)
+    check_preset_options(preset, settings.tau, settings.gamma, settings.beta)
+    block_size, delta_max = settings.block_size, settings.delta_max
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive number of classes, got {block_size!r}.")
-    counts, cells, groups = preset_counts(preset, class_counts, group_counts, num_groups)
-    values = preset_values(preset, cells, tau=tau, gamma=gamma, beta=beta)
+    counts, cells, groups = preset_counts(preset, class_counts, group_counts, settings.num_groups)
+    values = preset_values(preset, cells, tau=settings.tau, gamma=settings.gamma, beta=settings.beta)
     blocks = frequency_blocks(counts, block_size) if block_size > 1 else None
-    if delta_parameterization == "sigmoid" and bool((values["delta"] >= delta_max).any()):
+    if settings.delta_parameterization == "sigmoid" and bool((values["delta"] >= delta_max).any()):
         raise ValueError(
             f"Preset {preset!r} needs Δ up to {float(values['delta'].max()):.3g} but delta_max={delta_max}: "
             "raise delta_max or use delta_parameterization='exp'."
         )
     augmentation = {
         kind: torch.full(cells.shape, float(value), dtype=torch.float64) if isinstance(value, (int, float)) else value
-        for kind, value in (("noise", noise), ("mix", mix))
+        for kind, value in (("noise", settings.noise), ("mix", settings.mix))
     }
     return {
         "num_classes": counts.numel(),
         "num_groups": groups,
         **augmentation,
         "blocks": blocks,
-        "delta_parameterization": delta_parameterization,
+        "delta_parameterization": settings.delta_parameterization,
         "delta_max": delta_max,
         **values,
     }
+
+
+preset_arguments.__signature__ = options_signature(preset_arguments, PresetOptions)  # type: ignore[attr-defined]

@@ -22,7 +22,9 @@ the state and ``update``) with a functional twin that shares the counting and th
   *training* cell proportions (the DFR / JTT "average accuracy");
 * :class:`MeanGroupAccuracy` / :func:`mean_group_accuracy`: unweighted mean of the per-cell accuracies;
 * :class:`DemographicParityGap` / :func:`demographic_parity_gap`: max − min selection rate over groups;
-* :class:`EqualOpportunityGap` / :func:`equal_opportunity_gap`: max − min true-positive rate over groups;
+* :class:`EqualOpportunityGapMetric` / :func:`equal_opportunity_gap`: max − min true-positive rate over groups
+  (also exported under its former name ``EqualOpportunityGap``, an alias; the package root's
+  ``EqualOpportunityGap`` is the training objective :class:`lightning_autobalance.objectives.EqualOpportunityGap`);
 * :class:`EqualizedOddsGap` / :func:`equalized_odds_gap`: larger of the TPR gap and the FPR gap.
 
 Inputs (``update(preds, target, groups=None)`` and the functions): ``preds`` are either logits or
@@ -60,8 +62,10 @@ The package holds one concept per module, and re-exports every name here:
 
 * :mod:`~lightning_autobalance.metrics.counts`: the count state, :class:`GroupConfusionMetric`, and the counting;
 * :mod:`~lightning_autobalance.metrics.classwise`: overall, per-class, balanced and worst-class error;
-* :mod:`~lightning_autobalance.metrics.groups`: group errors and the group-robustness accuracies;
-* :mod:`~lightning_autobalance.metrics.fairness`: the demographic-parity, equal-opportunity and equalized-odds gaps.
+* :mod:`~lightning_autobalance.metrics.groups`: group errors and the worst / mean group-robustness accuracies;
+* :mod:`~lightning_autobalance.metrics.weighted`: the training-weighted average accuracy (DFR / JTT);
+* :mod:`~lightning_autobalance.metrics.fairness`: the demographic-parity, equal-opportunity and equalized-odds gaps;
+* :mod:`~lightning_autobalance.metrics.functional`: the functional twins, one ``from_counts`` of their class each.
 
 Example:
     >>> import torch
@@ -70,46 +74,46 @@ Example:
     0.1667
 """
 
-from lightning_autobalance.metrics.classwise import (
-    BalancedError,
-    ClassErrors,
-    Error,
-    WorstClassError,
-    balanced_error,
-    class_errors,
-    error,
-    worst_class_error,
-)
-from lightning_autobalance.metrics.counts import GroupConfusionMetric
+from lightning_autobalance.metrics import functional
+from lightning_autobalance.metrics.classwise import BalancedError, ClassErrors, Error, WorstClassError
+from lightning_autobalance.metrics.counts import GroupConfusionMetric, confusion_counts
 from lightning_autobalance.metrics.counts import TensorLike as TensorLike
 from lightning_autobalance.metrics.fairness import (
     DemographicParityGap,
     EqualizedOddsGap,
     EqualOpportunityGap,
+    EqualOpportunityGapMetric,
+)
+from lightning_autobalance.metrics.fairness import Reduction as Reduction
+from lightning_autobalance.metrics.functional import (
+    balanced_error,
+    class_errors,
     demographic_parity_gap,
     equal_opportunity_gap,
     equalized_odds_gap,
-)
-from lightning_autobalance.metrics.fairness import Reduction as Reduction
-from lightning_autobalance.metrics.groups import (
-    GroupErrors,
-    MeanGroupAccuracy,
-    WeightedAverageAccuracy,
-    WorstGroupAccuracy,
-    WorstGroupError,
+    error,
     group_errors,
     mean_group_accuracy,
     weighted_average_accuracy,
+    worst_class_error,
     worst_group_accuracy,
     worst_group_error,
 )
+from lightning_autobalance.metrics.groups import (
+    GroupErrors,
+    MeanGroupAccuracy,
+    WorstGroupAccuracy,
+    WorstGroupError,
+)
 from lightning_autobalance.metrics.groups import Over as Over
+from lightning_autobalance.metrics.weighted import WeightedAverageAccuracy, train_cell_weights
 
 __all__ = [
     "BalancedError",
     "ClassErrors",
     "DemographicParityGap",
     "EqualOpportunityGap",
+    "EqualOpportunityGapMetric",
     "EqualizedOddsGap",
     "Error",
     "GroupConfusionMetric",
@@ -121,12 +125,15 @@ __all__ = [
     "WorstGroupError",
     "balanced_error",
     "class_errors",
+    "confusion_counts",
     "demographic_parity_gap",
     "equal_opportunity_gap",
     "equalized_odds_gap",
     "error",
+    "functional",
     "group_errors",
     "mean_group_accuracy",
+    "train_cell_weights",
     "weighted_average_accuracy",
     "worst_class_error",
     "worst_group_accuracy",

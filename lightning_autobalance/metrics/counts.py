@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -27,10 +27,13 @@ __all__ = [
     "GroupConfusionMetric",
     "TensorLike",
     "as_tensor",
+    "check_option",
     "confusion_counts",
+    "group_error_table",
     "is_empty",
     "nan_tensor",
     "nanmax",
+    "reduce_counts",
     "to_default_dtype",
 ]
 
@@ -54,6 +57,23 @@ def _check_sizes(num_classes: int, num_groups: int) -> None:
             f"num_groups={num_groups!r} is invalid: pass an integer num_groups >= 1 "
             "(num_groups=1 when there are no sensitive groups)."
         )
+
+
+def check_option(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """Return ``value``; raise a ValueError naming the accepted values unless it is one of ``choices``.
+
+    Example:
+        >>> check_option("over", "group", ("class_group", "group"))
+        'group'
+        >>> check_option("over", "cell", ("class_group", "group"))
+        Traceback (most recent call last):
+        ...
+        ValueError: over='cell' is not supported: pass over='class_group' or over='group'.
+    """
+    if value not in choices:
+        accepted = " or ".join(f"{name}={choice!r}" for choice in choices)
+        raise ValueError(f"{name}={value!r} is not supported: pass {accepted}.")
+    return value
 
 
 def as_tensor(x: Any) -> Tensor:
@@ -138,6 +158,16 @@ def confusion_counts(
 
     Raises:
         ValueError: On invalid sizes, shapes, dtypes or (with ``validate_args``) out-of-range values.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]])
+        >>> confusion_counts(logits, torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), num_classes=2, num_groups=2)
+        tensor([[[1, 0],
+                 [0, 1]],
+        <BLANKLINE>
+                [[0, 0],
+                 [1, 0]]])
     """
     _check_sizes(num_classes, num_groups)
     preds, target = as_tensor(preds), as_tensor(target)
@@ -185,6 +215,31 @@ def is_empty(counts: Tensor, name: str) -> bool:
     return False
 
 
+def group_error_table(counts: Tensor, per_class: bool) -> Tensor:
+    """Error per group ``(G,)`` or per (group, class) ``(G, K)`` (float64, nan where no sample)."""
+    c = counts.double()
+    correct = torch.diagonal(c, dim1=1, dim2=2)  # (G, K)
+    support = c.sum(2)  # (G, K)
+    if not per_class:
+        correct, support = correct.sum(1), support.sum(1)
+    return 1.0 - correct / support
+
+
+def reduce_counts(
+    counts: Tensor, name: str, reduce: Callable[[Tensor], Tensor], empty_shape: tuple[int, ...] = ()
+) -> Tensor:
+    """``reduce(counts)`` in the default float dtype; ``nan`` of ``empty_shape`` (and a warning) if nothing was counted.
+
+    Example:
+        >>> import torch
+        >>> reduce_counts(torch.ones(1, 2, 2, dtype=torch.long), "Total", lambda c: c.sum())
+        tensor(4.)
+    """
+    if is_empty(counts, name):
+        return nan_tensor(empty_shape, counts)
+    return to_default_dtype(reduce(counts))
+
+
 def nanmax(x: Tensor, dim: int | None = None) -> Tensor:
     """Max ignoring nan; nan where every entry is nan."""
     filled = torch.where(torch.isnan(x), torch.full_like(x, -float("inf")), x)
@@ -202,7 +257,9 @@ class GroupConfusionMetric(Metric):
 
     The only state is ``counts`` of shape ``(num_groups, num_classes, num_classes)``, indexed
     ``(group, true class, predicted class)``, a ``long`` tensor summed across processes under DDP.
-    ``compute()`` of this base class returns a copy of the counts; subclasses reduce them to a metric.
+    ``compute()`` returns :meth:`from_counts` of the counts: a copy of them in this base class, and the metric
+    in the subclasses, which override :meth:`from_counts` (a class method, so that the functional forms reduce
+    their counts the same way) and, when they take an option, pass it on in ``compute()``.
 
     Args:
         num_classes: Number of classes ``K`` (at least 2).
@@ -264,6 +321,11 @@ class GroupConfusionMetric(Metric):
         )
         self.counts += counts.to(self.counts.device)
 
+    @classmethod
+    def from_counts(cls, counts: Tensor) -> Tensor:
+        """Reduce counts ``(num_groups, num_classes, num_classes)`` to the metric: here, a copy of them."""
+        return counts.clone()
+
     def compute(self) -> Tensor:
-        """Return a copy of the counts ``(num_groups, num_classes, num_classes)``."""
-        return self.counts.clone()
+        """Return :meth:`from_counts` of the counts accumulated so far."""
+        return self.from_counts(self.counts)

@@ -5,55 +5,45 @@ computed from the shared counts. Binary tasks use class 1 as the positive class,
 multiclass tasks take each class in turn as the positive one (one-vs-rest) and reduce the per-class gaps by
 ``reduction="max"`` or ``"mean"``. Rates with a zero denominator leave their group out.
 
+Each gap is a small subclass of one base that holds the counts, the ``reduction`` and these conventions, and
+that differs from its siblings only by its per-class gaps (:meth:`per_class_gaps`); their functional forms are
+in :mod:`lightning_autobalance.metrics.functional`. :class:`EqualOpportunityGapMetric` is also exported under
+its former name ``EqualOpportunityGap``, which :class:`lightning_autobalance.objectives.EqualOpportunityGap`
+(the differentiable training objective) also bears.
+
 Example:
     >>> import torch
-    >>> target = torch.tensor([1, 1, 0, 0, 1, 1, 0, 0])
-    >>> preds = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0])
-    >>> groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    >>> demographic_parity_gap(preds, target, groups, num_classes=2, num_groups=2)
-    tensor(0.7500)
+    >>> counts = torch.stack([torch.tensor([[0, 2], [0, 2]]), torch.tensor([[2, 0], [1, 1]])])
+    >>> [float(gap.from_counts(counts)) for gap in (DemographicParityGap, EqualOpportunityGapMetric)]
+    [0.75, 0.5]
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
 from lightning_autobalance.metrics.counts import (
     GroupConfusionMetric,
-    TensorLike,
-    confusion_counts,
-    is_empty,
-    nan_tensor,
+    check_option,
     nanmax,
-    to_default_dtype,
+    reduce_counts,
 )
 
 __all__ = [
     "DemographicParityGap",
     "EqualOpportunityGap",
+    "EqualOpportunityGapMetric",
     "EqualizedOddsGap",
+    "RateGapMetric",
     "Reduction",
-    "demographic_parity_gap",
-    "equal_opportunity_gap",
-    "equalized_odds_gap",
 ]
 
 Reduction = Literal["max", "mean"]
 
 _REDUCTIONS = ("max", "mean")
-
-
-def _check_reduction(reduction: str) -> None:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction={reduction!r} is not supported: pass reduction='max' or reduction='mean'.")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Reductions from counts
-# ----------------------------------------------------------------------------------------------------------
 
 
 def _rate_gaps(num: Tensor, den: Tensor) -> Tensor:
@@ -72,11 +62,6 @@ def _rate_gaps(num: Tensor, den: Tensor) -> Tensor:
     lo = torch.where(defined, rate, torch.full_like(rate, float("inf"))).amin(0)
     gap = hi - lo
     return torch.where(defined.any(0), gap, torch.full_like(gap, float("nan")))
-
-
-def _reduce_classes(gaps: Tensor, reduction: Reduction) -> Tensor:
-    """Reduce per-class gaps by max or mean, ignoring the classes whose gap is undefined (nan)."""
-    return nanmax(gaps) if reduction == "max" else torch.nanmean(gaps)
 
 
 def _one_vs_rest_rates(counts: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
@@ -98,57 +83,15 @@ def _one_vs_rest_rates(counts: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
     }
 
 
-def _demographic_parity_gap_from_counts(counts: Tensor, reduction: Reduction = "max") -> Tensor:
-    """Selection-rate gap over non-empty groups, reduced over the positive classes."""
-    _check_reduction(reduction)
-    if is_empty(counts, "DemographicParityGap"):
-        return nan_tensor((), counts)
-    num, den = _one_vs_rest_rates(counts)["selection"]
-    return to_default_dtype(_reduce_classes(_rate_gaps(num, den), reduction))
-
-
-def _equal_opportunity_gap_from_counts(counts: Tensor, reduction: Reduction = "max") -> Tensor:
-    """True-positive-rate gap over groups where it is defined, reduced over the positive classes."""
-    _check_reduction(reduction)
-    if is_empty(counts, "EqualOpportunityGap"):
-        return nan_tensor((), counts)
-    num, den = _one_vs_rest_rates(counts)["tpr"]
-    return to_default_dtype(_reduce_classes(_rate_gaps(num, den), reduction))
-
-
-def _equalized_odds_gap_from_counts(counts: Tensor, reduction: Reduction = "max") -> Tensor:
-    """Per class the larger of the TPR and FPR gaps, reduced over the positive classes."""
-    _check_reduction(reduction)
-    if is_empty(counts, "EqualizedOddsGap"):
-        return nan_tensor((), counts)
-    rates = _one_vs_rest_rates(counts)
-    per_class = torch.fmax(_rate_gaps(*rates["tpr"]), _rate_gaps(*rates["fpr"]))  # fmax ignores nan
-    return to_default_dtype(_reduce_classes(per_class, reduction))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Metric classes
-# ----------------------------------------------------------------------------------------------------------
-
-
-class DemographicParityGap(GroupConfusionMetric):
-    r"""Demographic-parity gap: max − min over groups of the selection rate.
-
-    For a positive class :math:`c`, the selection rate of group :math:`g` is
-    :math:`s_{gc} = n_{g\cdot c} / n_{g\cdot\cdot}` and
-
-    .. math::
-        \Delta_c = \max_{g \in G^+} s_{gc} - \min_{g \in G^+} s_{gc},
-
-    with :math:`G^+` the non-empty groups (fairlearn's ``demographic_parity_difference`` for binary tasks).
+class RateGapMetric(GroupConfusionMetric):
+    r"""Base of the fairness gaps: max − min over groups of a rate, per positive class, reduced over classes.
 
     Binary tasks (``num_classes=2``) use class 1 as the positive class, which is fairlearn's definition.
     With ``num_classes > 2`` each class :math:`c` in turn is the positive class (one-vs-rest) and the
-    per-class gaps :math:`\Delta_c` are reduced over the classes :math:`C^*` where they are defined:
-    ``reduction="max"`` (default) gives :math:`\max_{c \in C^*} \Delta_c`, ``reduction="mean"`` gives
-    :math:`\frac{1}{|C^*|} \sum_{c \in C^*} \Delta_c`.
-
-    A single non-empty group gives 0. Empty metric: ``nan`` with a warning.
+    per-class gaps :math:`\Delta_c` of the subclass (:meth:`per_class_gaps`) are reduced over the classes
+    :math:`C^*` where they are defined: ``reduction="max"`` (default) gives :math:`\max_{c \in C^*} \Delta_c`,
+    ``reduction="mean"`` gives :math:`\frac{1}{|C^*|} \sum_{c \in C^*} \Delta_c`. A group where a rate is
+    undefined (zero denominator) is left out of that rate's max − min. Empty metric: ``nan`` with a warning.
 
     Args:
         num_classes: Number of classes ``K`` (at least 2).
@@ -159,6 +102,59 @@ class DemographicParityGap(GroupConfusionMetric):
 
     Raises:
         ValueError: If ``reduction`` is not ``"max"`` or ``"mean"``.
+
+    Example:
+        >>> import torch
+        >>> class SelectionRateGap(RateGapMetric):  # a subclass only says which gaps
+        ...     per_class_gaps = staticmethod(lambda rates: torch.tensor([0.25, 0.5]))
+        >>> SelectionRateGap.from_counts(torch.ones(2, 3, 3, dtype=torch.long), reduction="mean")
+        tensor(0.3750)
+    """
+
+    higher_is_better: bool | None = False
+    metric_name: ClassVar[str] = "RateGapMetric"  # the name in warnings
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_groups: int = 1,
+        *,
+        reduction: Reduction = "max",
+        validate_args: bool = True,
+        **kwargs: Any,
+    ):
+        super().__init__(num_classes, num_groups, validate_args=validate_args, **kwargs)
+        self.reduction = check_option("reduction", reduction, _REDUCTIONS)
+
+    @staticmethod
+    def per_class_gaps(rates: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
+        """The gaps ``(C,)`` over the positive classes, from the rates' numerators and denominators ``(G, C)``."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_counts(cls, counts: Tensor, reduction: Reduction = "max") -> Tensor:
+        """The gap (a 0-d tensor) of counts ``(G, K, K)``, reduced over the positive classes by ``reduction``."""
+        check_option("reduction", reduction, _REDUCTIONS)
+        over_classes = nanmax if reduction == "max" else torch.nanmean
+        return reduce_counts(counts, cls.metric_name, lambda c: over_classes(cls.per_class_gaps(_one_vs_rest_rates(c))))
+
+    def compute(self) -> Tensor:
+        """Return the gap (a 0-d tensor)."""
+        return self.from_counts(self.counts, reduction=self.reduction)
+
+
+class DemographicParityGap(RateGapMetric):
+    r"""Demographic-parity gap: max − min over groups of the selection rate.
+
+    For a positive class :math:`c`, the selection rate of group :math:`g` is
+    :math:`s_{gc} = n_{g\cdot c} / n_{g\cdot\cdot}` and
+
+    .. math::
+        \Delta_c = \max_{g \in G^+} s_{gc} - \min_{g \in G^+} s_{gc},
+
+    with :math:`G^+` the non-empty groups (fairlearn's ``demographic_parity_difference`` for binary tasks).
+    Binary and multiclass tasks, ``reduction`` and the arguments: see :class:`RateGapMetric`. A single
+    non-empty group gives 0.
 
     Example:
         >>> import torch
@@ -171,28 +167,16 @@ class DemographicParityGap(GroupConfusionMetric):
         tensor(0.7500)
     """
 
-    higher_is_better: bool | None = False
+    metric_name = "DemographicParityGap"
 
-    def __init__(
-        self,
-        num_classes: int,
-        num_groups: int = 1,
-        *,
-        reduction: Reduction = "max",
-        validate_args: bool = True,
-        **kwargs: Any,
-    ):
-        _check_reduction(reduction)
-        super().__init__(num_classes, num_groups, validate_args=validate_args, **kwargs)
-        self.reduction = reduction
-
-    def compute(self) -> Tensor:
-        """Return the demographic-parity gap (a 0-d tensor)."""
-        return _demographic_parity_gap_from_counts(self.counts, reduction=self.reduction)
+    @staticmethod
+    def per_class_gaps(rates: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
+        """Selection-rate gaps over the non-empty groups."""
+        return _rate_gaps(*rates["selection"])
 
 
-class EqualOpportunityGap(GroupConfusionMetric):
-    r"""Equal-opportunity gap: max − min over groups of the true-positive rate.
+class EqualOpportunityGapMetric(RateGapMetric):
+    r"""Equal-opportunity gap: max − min over groups of the true-positive rate (also named ``EqualOpportunityGap``).
 
     For a positive class :math:`c`, the true-positive rate of group :math:`g` is
     :math:`t_{gc} = n_{gcc} / n_{gc\cdot}`, defined when group :math:`g` has samples of class :math:`c`,
@@ -202,62 +186,37 @@ class EqualOpportunityGap(GroupConfusionMetric):
         \Delta_c = \max_{g:\, n_{gc\cdot} > 0} t_{gc} - \min_{g:\, n_{gc\cdot} > 0} t_{gc}
 
     (fairlearn's ``equal_opportunity_difference`` for binary tasks, when every present group has a
-    positive; fairlearn counts a group without positives as rate 0, we leave it out).
+    positive; fairlearn counts a group without positives as rate 0, we leave it out). Binary and multiclass
+    tasks, ``reduction`` and the arguments: see :class:`RateGapMetric`.
 
-    Binary tasks (``num_classes=2``) use class 1 as the positive class, which is fairlearn's definition.
-    With ``num_classes > 2`` each class :math:`c` in turn is the positive class (one-vs-rest) and the
-    per-class gaps :math:`\Delta_c` are reduced over the classes :math:`C^*` where they are defined:
-    ``reduction="max"`` (default) gives :math:`\max_{c \in C^*} \Delta_c`, ``reduction="mean"`` gives
-    :math:`\frac{1}{|C^*|} \sum_{c \in C^*} \Delta_c`.
-
-    Empty metric: ``nan`` with a warning.
-
-    Args:
-        num_classes: Number of classes ``K`` (at least 2).
-        num_groups: Number of sensitive groups ``G`` (at least 1).
-        reduction: ``"max"`` (default) or ``"mean"`` over classes (ignored for binary tasks).
-        validate_args: Check that labels and groups are in range.
-        **kwargs: Forwarded to :class:`torchmetrics.Metric`.
-
-    Raises:
-        ValueError: If ``reduction`` is not ``"max"`` or ``"mean"``.
+    ``lightning_autobalance.metrics.EqualOpportunityGap`` is this class under its former name (an alias);
+    the package root's ``EqualOpportunityGap`` is the differentiable training objective
+    :class:`lightning_autobalance.objectives.EqualOpportunityGap`, not this metric.
 
     Example:
         >>> import torch
-        >>> target = torch.tensor([1, 1, 0, 0, 1, 1, 0, 0])
-        >>> preds = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0])
-        >>> groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-        >>> metric = EqualOpportunityGap(num_classes=2, num_groups=2)
-        >>> metric.update(preds, target, groups)
-        >>> metric.compute()
+        >>> metric = EqualOpportunityGapMetric(num_classes=2, num_groups=2)
+        >>> metric.update(torch.tensor([1, 1, 1, 0]), torch.tensor([1, 1, 1, 1]), torch.tensor([0, 0, 1, 1]))
+        >>> metric.compute()  # true-positive rates 1 and 1/2
         tensor(0.5000)
     """
 
-    higher_is_better: bool | None = False
+    metric_name = "EqualOpportunityGap"
 
-    def __init__(
-        self,
-        num_classes: int,
-        num_groups: int = 1,
-        *,
-        reduction: Reduction = "max",
-        validate_args: bool = True,
-        **kwargs: Any,
-    ):
-        _check_reduction(reduction)
-        super().__init__(num_classes, num_groups, validate_args=validate_args, **kwargs)
-        self.reduction = reduction
-
-    def compute(self) -> Tensor:
-        """Return the equal-opportunity gap (a 0-d tensor)."""
-        return _equal_opportunity_gap_from_counts(self.counts, reduction=self.reduction)
+    @staticmethod
+    def per_class_gaps(rates: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
+        """True-positive-rate gaps over the groups where the rate is defined."""
+        return _rate_gaps(*rates["tpr"])
 
 
-class EqualizedOddsGap(GroupConfusionMetric):
+EqualOpportunityGap = EqualOpportunityGapMetric  # the former name, kept as an alias (see the class docstring)
+
+
+class EqualizedOddsGap(RateGapMetric):
     r"""Equalized-odds gap: the larger of the true-positive-rate gap and the false-positive-rate gap.
 
-    For a positive class :math:`c`, with :math:`\Delta^{TPR}_c` the gap of :class:`EqualOpportunityGap` and
-    :math:`\Delta^{FPR}_c` the max − min over groups of :math:`f_{gc} = (n_{g\cdot c} - n_{gcc}) /
+    For a positive class :math:`c`, with :math:`\Delta^{TPR}_c` the gap of :class:`EqualOpportunityGapMetric`
+    and :math:`\Delta^{FPR}_c` the max − min over groups of :math:`f_{gc} = (n_{g\cdot c} - n_{gcc}) /
     (n_{g\cdot\cdot} - n_{gc\cdot})` (over the groups that have samples of another class),
 
     .. math::
@@ -265,176 +224,21 @@ class EqualizedOddsGap(GroupConfusionMetric):
 
     (an undefined one of the two is ignored). For binary tasks this is fairlearn's
     ``equalized_odds_difference`` with its default ``agg="worst_case"``, when the rates are defined in
-    every present group (fairlearn counts an undefined rate as 0, we leave the group out).
-
-    Binary tasks (``num_classes=2``) use class 1 as the positive class, which is fairlearn's definition.
-    With ``num_classes > 2`` each class :math:`c` in turn is the positive class (one-vs-rest) and the
-    per-class gaps :math:`\Delta_c` are reduced over the classes :math:`C^*` where they are defined:
-    ``reduction="max"`` (default) gives :math:`\max_{c \in C^*} \Delta_c`, ``reduction="mean"`` gives
-    :math:`\frac{1}{|C^*|} \sum_{c \in C^*} \Delta_c`.
-
-    So ``reduction="mean"`` averages the per-class worst case over classes. Empty metric: ``nan`` with a
-    warning.
-
-    Args:
-        num_classes: Number of classes ``K`` (at least 2).
-        num_groups: Number of sensitive groups ``G`` (at least 1).
-        reduction: ``"max"`` (default) or ``"mean"`` over classes (ignored for binary tasks).
-        validate_args: Check that labels and groups are in range.
-        **kwargs: Forwarded to :class:`torchmetrics.Metric`.
-
-    Raises:
-        ValueError: If ``reduction`` is not ``"max"`` or ``"mean"``.
+    every present group (fairlearn counts an undefined rate as 0, we leave the group out). Binary and
+    multiclass tasks, ``reduction`` and the arguments: see :class:`RateGapMetric`; ``reduction="mean"``
+    averages the per-class worst case over classes.
 
     Example:
         >>> import torch
-        >>> target = torch.tensor([1, 1, 0, 0, 1, 1, 0, 0])
-        >>> preds = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0])
-        >>> groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+        >>> preds, target = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0]), torch.tensor([1, 1, 0, 0, 1, 1, 0, 0])
         >>> metric = EqualizedOddsGap(num_classes=2, num_groups=2)
-        >>> metric.update(preds, target, groups)
-        >>> metric.compute()
+        >>> metric(preds, target, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))  # forward: the value on this batch
         tensor(1.)
     """
 
-    higher_is_better: bool | None = False
+    metric_name = "EqualizedOddsGap"
 
-    def __init__(
-        self,
-        num_classes: int,
-        num_groups: int = 1,
-        *,
-        reduction: Reduction = "max",
-        validate_args: bool = True,
-        **kwargs: Any,
-    ):
-        _check_reduction(reduction)
-        super().__init__(num_classes, num_groups, validate_args=validate_args, **kwargs)
-        self.reduction = reduction
-
-    def compute(self) -> Tensor:
-        """Return the equalized-odds gap (a 0-d tensor)."""
-        return _equalized_odds_gap_from_counts(self.counts, reduction=self.reduction)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Functional twins
-# ----------------------------------------------------------------------------------------------------------
-
-
-def demographic_parity_gap(
-    preds: TensorLike,
-    target: TensorLike,
-    groups: TensorLike | None = None,
-    *,
-    num_classes: int,
-    num_groups: int = 1,
-    reduction: Reduction = "max",
-    validate_args: bool = True,
-) -> Tensor:
-    """Max − min selection rate over non-empty groups; functional form of :class:`DemographicParityGap`.
-
-    Binary tasks: class 1 is positive (fairlearn's ``demographic_parity_difference``). Multiclass:
-    one-vs-rest gap per class, reduced by ``reduction`` (``"max"`` or ``"mean"``).
-
-    Args:
-        preds: Float logits / probabilities ``(N, num_classes)`` or integer predicted labels ``(N,)``.
-        target: Integer true labels ``(N,)``.
-        groups: Integer group indices ``(N,)`` or ``None`` (all in group 0, gap 0).
-        num_classes: Number of classes (at least 2).
-        num_groups: Number of groups (at least 1).
-        reduction: ``"max"`` (default) or ``"mean"`` over classes.
-        validate_args: Check that labels and groups are in range.
-
-    Returns:
-        A 0-d tensor; ``nan`` (with a warning) for empty inputs.
-
-    Example:
-        >>> import torch
-        >>> target = torch.tensor([1, 1, 0, 0, 1, 1, 0, 0])
-        >>> preds = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0])
-        >>> groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-        >>> demographic_parity_gap(preds, target, groups, num_classes=2, num_groups=2)
-        tensor(0.7500)
-    """
-    counts = confusion_counts(preds, target, groups, num_classes, num_groups, validate_args)
-    return _demographic_parity_gap_from_counts(counts, reduction=reduction)
-
-
-def equal_opportunity_gap(
-    preds: TensorLike,
-    target: TensorLike,
-    groups: TensorLike | None = None,
-    *,
-    num_classes: int,
-    num_groups: int = 1,
-    reduction: Reduction = "max",
-    validate_args: bool = True,
-) -> Tensor:
-    """Max − min true-positive rate over groups; functional form of :class:`EqualOpportunityGap`.
-
-    Binary tasks: class 1 is positive (fairlearn's ``equal_opportunity_difference``). Multiclass:
-    one-vs-rest gap per class, reduced by ``reduction``. Groups without samples of the positive class are
-    left out for that class.
-
-    Args:
-        preds: Float logits / probabilities ``(N, num_classes)`` or integer predicted labels ``(N,)``.
-        target: Integer true labels ``(N,)``.
-        groups: Integer group indices ``(N,)`` or ``None`` (all in group 0, gap 0).
-        num_classes: Number of classes (at least 2).
-        num_groups: Number of groups (at least 1).
-        reduction: ``"max"`` (default) or ``"mean"`` over classes.
-        validate_args: Check that labels and groups are in range.
-
-    Returns:
-        A 0-d tensor; ``nan`` (with a warning) for empty inputs.
-
-    Example:
-        >>> import torch
-        >>> target = torch.tensor([1, 1, 0, 0, 1, 1, 0, 0])
-        >>> preds = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0])
-        >>> groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-        >>> equal_opportunity_gap(preds, target, groups, num_classes=2, num_groups=2)
-        tensor(0.5000)
-    """
-    counts = confusion_counts(preds, target, groups, num_classes, num_groups, validate_args)
-    return _equal_opportunity_gap_from_counts(counts, reduction=reduction)
-
-
-def equalized_odds_gap(
-    preds: TensorLike,
-    target: TensorLike,
-    groups: TensorLike | None = None,
-    *,
-    num_classes: int,
-    num_groups: int = 1,
-    reduction: Reduction = "max",
-    validate_args: bool = True,
-) -> Tensor:
-    """Larger of the TPR gap and the FPR gap over groups; functional form of :class:`EqualizedOddsGap`.
-
-    Binary tasks: class 1 is positive (fairlearn's ``equalized_odds_difference``, ``agg="worst_case"``).
-    Multiclass: per class ``max(TPR gap, FPR gap)`` one-vs-rest, reduced by ``reduction``.
-
-    Args:
-        preds: Float logits / probabilities ``(N, num_classes)`` or integer predicted labels ``(N,)``.
-        target: Integer true labels ``(N,)``.
-        groups: Integer group indices ``(N,)`` or ``None`` (all in group 0, gap 0).
-        num_classes: Number of classes (at least 2).
-        num_groups: Number of groups (at least 1).
-        reduction: ``"max"`` (default) or ``"mean"`` over classes.
-        validate_args: Check that labels and groups are in range.
-
-    Returns:
-        A 0-d tensor; ``nan`` (with a warning) for empty inputs.
-
-    Example:
-        >>> import torch
-        >>> target = torch.tensor([1, 1, 0, 0, 1, 1, 0, 0])
-        >>> preds = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0])
-        >>> groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-        >>> equalized_odds_gap(preds, target, groups, num_classes=2, num_groups=2)
-        tensor(1.)
-    """
-    counts = confusion_counts(preds, target, groups, num_classes, num_groups, validate_args)
-    return _equalized_odds_gap_from_counts(counts, reduction=reduction)
+    @staticmethod
+    def per_class_gaps(rates: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
+        """Per class the larger of the TPR and FPR gaps (``fmax`` ignores an undefined one)."""
+        return torch.fmax(_rate_gaps(*rates["tpr"]), _rate_gaps(*rates["fpr"]))
