@@ -13,21 +13,16 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_autobalance import AutoBalance, AutoBalanceMixin, ConjugateGradient, HeldOutSplit, load_loss
+from tests._helpers.data import Blobs
+from tests._helpers.searches import tiny_search
+from tests._helpers.trainers import quiet_trainer
 
 K = 3
 
 
-class TinyData(pl.LightningDataModule):
+class TinyData(Blobs):
     def __init__(self, counts=(120, 40, 12), seed=0, num_features=6):
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        y = torch.cat([torch.full((n,), k) for k, n in enumerate(counts)])
-        centers = torch.randn(len(counts), num_features, generator=gen) * 1.2
-        x = centers[y] + torch.randn(len(y), num_features, generator=gen)
-        self.dataset = TensorDataset(x, y)
-
-    def train_dataloader(self):
-        return DataLoader(self.dataset, batch_size=16, shuffle=True, drop_last=True)
+        super().__init__(counts, seed=seed, num_features=num_features)
 
 
 class TinyModel(AutoBalanceMixin, pl.LightningModule):
@@ -67,33 +62,14 @@ class PlainModel(pl.LightningModule):  # no mixin
 
 
 def make_callback(tmp_path, **kwargs):
-    options = dict(
-        preset="ce",
-        learn=("delta", "iota"),
-        warmup_epochs=1,
-        every_n_steps=3,
-        train_batches=2,
-        heldout_batches=2,
-        hyper_optimizer=lambda params: torch.optim.SGD(params, lr=0.5, momentum=0.9),
-        export_path=tmp_path / "loss.yaml",
-    )
-    options.update(kwargs)
-    return AutoBalance(**options)
+    options = dict(every_n_steps=3, train_batches=2, heldout_batches=2, export_path=tmp_path / "loss.yaml")
+    return tiny_search(**{**options, **kwargs})
 
 
 def make_trainer(tmp_path, callbacks, max_epochs=3, **kwargs):
-    options = dict(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
+    return quiet_trainer(
+        callbacks=callbacks, **{"max_epochs": max_epochs, "devices": 1, "default_root_dir": tmp_path, **kwargs}
     )
-    options.update(kwargs)
-    return pl.Trainer(callbacks=callbacks, **options)
 
 
 def fit(tmp_path, callback, max_epochs=3, seed=0, model_class=None, **trainer_kwargs):
@@ -258,12 +234,12 @@ def test_mixin_logs_validation_and_test_metrics_equal_to_sklearn(tmp_path):
     model.autobalance_loss = ParametricCrossEntropy(K)
     data = TinyData()
     make_trainer(tmp_path, [], max_epochs=2).fit(model, train_dataloaders=data.train_dataloader())
-    loader = DataLoader(data.dataset, batch_size=50)
+    loader = DataLoader(data.train, batch_size=50)
     logged = make_trainer(tmp_path, []).test(model, dataloaders=loader, verbose=False)[0]
     model.eval()
     with torch.no_grad():
-        preds = model(data.dataset.tensors[0]).argmax(1).numpy()
-    y = data.dataset.tensors[1].numpy()
+        preds = model(data.train.tensors[0]).argmax(1).numpy()
+    y = data.train.tensors[1].numpy()
     assert set(logged) == {"test/balanced_error", "test/worst_class_error", "test/error"}
     assert logged["test/balanced_error"] == pytest.approx(1 - balanced_accuracy_score(y, preds), abs=1e-6)
     assert logged["test/worst_class_error"] == pytest.approx(1 - recall_score(y, preds, average=None).min(), abs=1e-6)
@@ -275,7 +251,7 @@ def test_mixin_logs_group_metrics_under_stable_names(tmp_path):
 
     model = TinyModel()
     model.autobalance_loss = ParametricCrossEntropy(K, num_groups=2)
-    x, y = TinyData().dataset.tensors
+    x, y = TinyData().train.tensors
     groups = (torch.arange(len(y)) % 2).long()
     loader = DataLoader(TensorDataset(x, y, groups), batch_size=40)
     logged = make_trainer(tmp_path, []).validate(model, dataloaders=loader, verbose=False)[0]
@@ -316,11 +292,11 @@ class GroupTinyData(TinyData):
 
     def __init__(self, empty_cell=False):
         super().__init__()
-        x, y = self.dataset.tensors
+        x, y = self.train.tensors
         groups = (torch.arange(len(y)) % 3 == 0).long()  # about a third of each class in group 1
         if empty_cell:
             groups[y == 2] = 0
-        self.dataset = TensorDataset(x, y, groups)
+        self.train = TensorDataset(x, y, groups)
 
 
 def test_preset_starts_each_group_from_its_own_counts(tmp_path):
@@ -349,8 +325,8 @@ def test_group_without_heldout_sample_fails_early(tmp_path):
     from lightning_autobalance import WorstGroup
 
     data = GroupTinyData()
-    x, y, groups = data.dataset.tensors
-    data.dataset = TensorDataset(x, y, groups * 2)  # labels 0 and 2: group 1 has no sample at all
+    x, y, groups = data.train.tensors
+    data.train = TensorDataset(x, y, groups * 2)  # labels 0 and 2: group 1 has no sample at all
     callback = make_callback(tmp_path, objective=WorstGroup())
     with pytest.raises(ValueError, match=r"Groups \[1\] have no held-out sample, so WorstGroup cannot see them"):
         make_trainer(tmp_path, [callback]).fit(TinyModel(), datamodule=HeldOutSplit(data))

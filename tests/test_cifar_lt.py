@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from lightning_autobalance.data import CIFAR10LongTail, CIFAR100LongTail, HeldOutSplit, long_tail_counts
 from lightning_autobalance.data.cifar_lt import check_cifar_files
+from tests._helpers.data import prepared
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -88,9 +89,9 @@ def cifar100_root(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize(("profile", "ratio"), [("exponential", 10), ("exponential", 20), ("step", 10)])
 def test_cifar10_counts_follow_the_profile(cifar10_root, profile, ratio):
-    dm = CIFAR10LongTail(str(cifar10_root), imbalance_ratio=ratio, profile=profile, batch_size=8, verify_md5=False)
-    dm.prepare_data()
-    dm.setup("fit")
+    dm = prepared(
+        CIFAR10LongTail(str(cifar10_root), imbalance_ratio=ratio, profile=profile, batch_size=8, verify_md5=False)
+    )
     expected = long_tail_counts(20, 10, ratio, profile)  # n_max defaults to the images per class on disk (20)
     assert dm.class_counts.tolist() == expected
     labels = torch.tensor([int(dm.train_set[i][1]) for i in range(len(dm.train_set))])

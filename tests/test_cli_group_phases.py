@@ -24,6 +24,8 @@ from lightning_autobalance.data.spurious_digits import SpuriousDigits
 from lightning_autobalance.jtt import jtt
 from lightning_autobalance.last_layer import LastLayerRetraining
 from lightning_autobalance.models import DigitsConvNet
+from tests._helpers.data import prepared
+from tests._helpers.trainers import quiet_trainer
 from tests.conftest import ROOT, SMALL_RUN
 from tests.test_cli_checks import fails_before_anything_is_written
 
@@ -39,10 +41,9 @@ def compose_config(overrides):
 
 
 def digits() -> SpuriousDigits:
-    data = SpuriousDigits(correlation=0.95, strength=1.0, val_per_cell=50, test_per_cell=100, batch_size=64, seed=0)
-    data.prepare_data()
-    data.setup("fit")
-    return data
+    return prepared(
+        SpuriousDigits(correlation=0.95, strength=1.0, val_per_cell=50, test_per_cell=100, batch_size=64, seed=0)
+    )
 
 
 def model() -> ImbalancedClassifier:
@@ -50,16 +51,7 @@ def model() -> ImbalancedClassifier:
 
 
 def trainer(max_epochs: int, callbacks=()) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=max_epochs,
-        callbacks=list(callbacks),
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    return quiet_trainer(max_epochs=max_epochs, callbacks=list(callbacks), devices=1)
 
 
 @torch.no_grad()

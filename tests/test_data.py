@@ -27,6 +27,7 @@ from lightning_autobalance.data import (
     stratified_split,
 )
 from lightning_autobalance.data.mnist1d_lt import generate_mnist1d
+from tests._helpers.data import prepared
 
 # ---------------------------------------------------------------------------------------------- long_tail_counts
 
@@ -343,15 +344,9 @@ def test_tiny_fixture_has_the_documented_cells():
     }
 
 
-def _setup(split):
-    split.prepare_data()
-    split.setup("fit")
-    return split
-
-
 def test_held_out_split_counts_without_groups():
     dm = TinyDataModule(TARGETS)
-    split = _setup(HeldOutSplit(dm, fraction=0.2, seed=1))
+    split = prepared(HeldOutSplit(dm, fraction=0.2, seed=1))
     assert dm.calls == ["prepare_data", "setup:fit"]
     # held out: round(2.0)=2, round(1.2)=1, round(0.8)=1
     assert split.heldout_class_counts.tolist() == [2, 1, 1]
@@ -362,7 +357,7 @@ def test_held_out_split_counts_without_groups():
 
 def test_held_out_split_counts_with_groups():
     dm = TinyDataModule(TARGETS, groups=GROUPS)
-    split = _setup(HeldOutSplit(dm, fraction=0.2, seed=1))
+    split = prepared(HeldOutSplit(dm, fraction=0.2, seed=1))
     # one held-out sample per (group, class) cell (see test_stratified_split_by_group_and_class)
     assert split.heldout_class_counts.tolist() == [2, 2, 2]
     assert split.class_counts.tolist() == [8, 4, 2]
@@ -373,7 +368,7 @@ def test_held_out_split_counts_with_groups():
 @pytest.mark.parametrize("groups", [None, GROUPS])
 def test_held_out_split_partitions_the_original_data(groups):
     dm = TinyDataModule(TARGETS, groups=groups)
-    split = _setup(HeldOutSplit(dm, fraction=0.3, seed=0))
+    split = prepared(HeldOutSplit(dm, fraction=0.3, seed=0))
     train_idx, held_idx = split.train_dataset.indices, split.heldout_dataset.indices
     assert set(train_idx).isdisjoint(held_idx)
     assert sorted(train_idx + held_idx) == list(range(len(TARGETS)))
@@ -394,7 +389,7 @@ def test_held_out_split_partitions_the_original_data(groups):
 
 def test_held_out_split_train_loader_follows_wrapped_loader():
     dm = TinyDataModule(TARGETS, batch_size=3)
-    split = _setup(HeldOutSplit(dm, fraction=0.2, seed=4))
+    split = prepared(HeldOutSplit(dm, fraction=0.2, seed=4))
     loader = split.train_dataloader()
     assert loader.batch_size == 3 == dm.train_dataloader().batch_size
     assert isinstance(loader.sampler, DistributedSampler)
@@ -412,15 +407,15 @@ def test_held_out_split_train_loader_follows_wrapped_loader():
 
 
 def test_held_out_split_is_deterministic_and_seed_dependent():
-    a = _setup(HeldOutSplit(TinyDataModule(TARGETS), fraction=0.3, seed=0))
-    b = _setup(HeldOutSplit(TinyDataModule(TARGETS), fraction=0.3, seed=0))
-    c = _setup(HeldOutSplit(TinyDataModule(TARGETS), fraction=0.3, seed=1))
+    a = prepared(HeldOutSplit(TinyDataModule(TARGETS), fraction=0.3, seed=0))
+    b = prepared(HeldOutSplit(TinyDataModule(TARGETS), fraction=0.3, seed=0))
+    c = prepared(HeldOutSplit(TinyDataModule(TARGETS), fraction=0.3, seed=1))
     assert a.heldout_dataset.indices == b.heldout_dataset.indices
     assert a.heldout_dataset.indices != c.heldout_dataset.indices
 
 
 def test_held_out_split_val_falls_back_to_held_out():
-    split = _setup(HeldOutSplit(TinyDataModule(TARGETS, batch_size=5), fraction=0.2))
+    split = prepared(HeldOutSplit(TinyDataModule(TARGETS, batch_size=5), fraction=0.2))
     val = split.val_dataloader()
     assert val.dataset is split.heldout_dataset
     assert isinstance(val.sampler, SequentialSampler)
@@ -430,7 +425,7 @@ def test_held_out_split_val_falls_back_to_held_out():
 
 def test_held_out_split_val_delegates_to_wrapped_datamodule():
     dm = TinyDataModuleWithVal(TARGETS)
-    split = _setup(HeldOutSplit(dm, fraction=0.2))
+    split = prepared(HeldOutSplit(dm, fraction=0.2))
     assert split.val_dataloader() is dm.val_loader
 
 
@@ -469,7 +464,7 @@ def test_held_out_split_rejects_negative_labels():
 
 
 def test_held_out_split_accepts_larger_num_classes():
-    split = _setup(HeldOutSplit(TinyDataModule(TARGETS), fraction=0.2, seed=1, num_classes=5))
+    split = prepared(HeldOutSplit(TinyDataModule(TARGETS), fraction=0.2, seed=1, num_classes=5))
     assert split.class_counts.tolist() == [8, 5, 3, 0, 0]
     assert split.heldout_class_counts.tolist() == [2, 1, 1, 0, 0]
 
@@ -482,10 +477,7 @@ LT_COUNTS = [60, 46, 35, 27, 21, 16, 12, 10, 7, 6]  # 60 · 10^(−i/9), floored
 
 @pytest.fixture(scope="module")
 def mnist1d_lt(tmp_path_factory):
-    dm = MNIST1DLongTail(root=str(tmp_path_factory.mktemp("mnist1d")), **LT_KWARGS)
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
+    return prepared(MNIST1DLongTail(root=str(tmp_path_factory.mktemp("mnist1d")), **LT_KWARGS))
 
 
 def test_mnist1d_lt_class_counts(mnist1d_lt):
@@ -539,9 +531,7 @@ def _counting_make_dataset(monkeypatch):
 
 def test_mnist1d_lt_cache_is_created_and_reused(tmp_path, monkeypatch):
     calls = _counting_make_dataset(monkeypatch)
-    dm = MNIST1DLongTail(root=str(tmp_path), **LT_KWARGS)
-    dm.prepare_data()
-    dm.setup("fit")
+    dm = prepared(MNIST1DLongTail(root=str(tmp_path), **LT_KWARGS))
     assert calls == [0]
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) == 1 and files[0].startswith("mnist1d_70x10_seed0_") and files[0].endswith(".npz")
@@ -553,9 +543,7 @@ def test_mnist1d_lt_cache_is_created_and_reused(tmp_path, monkeypatch):
         raise AssertionError("the cached data set was regenerated")
 
     monkeypatch.setattr(mnist1d.data, "make_dataset", no_regeneration)
-    again = MNIST1DLongTail(root=str(tmp_path), **LT_KWARGS)
-    again.prepare_data()
-    again.setup("fit")
+    again = prepared(MNIST1DLongTail(root=str(tmp_path), **LT_KWARGS))
     assert torch.equal(again.train_set.tensors[0], dm.train_set.tensors[0])
     assert torch.equal(again.test_set.tensors[1], dm.test_set.tensors[1])
     assert sorted(p.name for p in tmp_path.iterdir()) == files

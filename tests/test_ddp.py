@@ -5,7 +5,6 @@ Exactness and resume are checked for the default engine (last layer) and the ful
 """
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,32 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import subprocess_env
+from tests._helpers.ddp import assert_close, ddp_environment, rank_records, run_script
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_search.py"
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def environment():
-    env = subprocess_env()
-    env["MASTER_PORT"] = str(free_port())
-    return env
-
-
 def launch(out, *args, env=None):
-    command = [sys.executable, str(SCRIPT), "--out", str(out), *map(str, args)]
-    done = subprocess.run(command, env=env or environment(), capture_output=True, text=True, timeout=300)
+    done = run_script(SCRIPT, out, *args, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-
-
-def records(out, world):
-    return [json.loads((Path(out) / f"rank{r}.json").read_text()) for r in range(world)]
 
 
 ENGINE_CLASSES = {"default": "LastLayer", "full": "FullNetwork"}
@@ -54,19 +36,14 @@ def single(tmp_path_factory, engine):
     out = tmp_path_factory.mktemp(f"single_{engine}")
     # the same global batches as 2 processes × 16; the last layer is refit on the held-out split at the end
     launch(out, "--engine", engine, "--batch-size", 32, "--llr", "thumb")
-    return records(out, 1)[0]
+    return rank_records(out, 1)[0]
 
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, engine):
     out = tmp_path_factory.mktemp(f"ddp_{engine}")
     launch(out, "--engine", engine, "--devices", 2, "--strategy", "ddp", "--batch-size", 16, "--llr", "thumb")
-    return records(out, 2)
-
-
-def assert_close(a, b, tol=1e-6):
-    assert len(a) == len(b)
-    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= tol, (a, b)
+    return rank_records(out, 2)
 
 
 def test_two_processes_match_single_process_and_each_other(single, two_processes, engine):
@@ -102,10 +79,10 @@ def test_crash_and_resume_under_ddp_reproduces_alpha(tmp_path, two_processes, en
     checkpoints = tmp_path / "ckpt"
     ddp = ("--engine", engine, "--devices", 2, "--strategy", "ddp")
     launch(tmp_path / "first", *ddp, "--epochs", 2, "--checkpoint-dir", checkpoints)
-    first = records(tmp_path / "first", 2)[0]
+    first = rank_records(tmp_path / "first", 2)[0]
     assert 0 < first["hyper_steps"] < two_processes[0]["hyper_steps"]  # stopped mid-search
     launch(tmp_path / "resumed", *ddp, "--resume", checkpoints / "last.ckpt")
-    resumed = records(tmp_path / "resumed", 2)
+    resumed = rank_records(tmp_path / "resumed", 2)
     assert resumed[0]["alpha"] == resumed[1]["alpha"]
     assert resumed[0]["hyper_steps"] == two_processes[0]["hyper_steps"]
     assert resumed[0]["alpha"] == two_processes[0]["alpha"]
@@ -113,7 +90,7 @@ def test_crash_and_resume_under_ddp_reproduces_alpha(tmp_path, two_processes, en
 
 @pytest.mark.parametrize("engine", ["default"], scope="module")
 def test_two_torchrun_nodes_match_single_node_ddp(tmp_path, two_processes, engine):
-    env = environment()
+    env = ddp_environment()
     port = env.pop("MASTER_PORT")
     torchrun = [
         sys.executable,
@@ -142,7 +119,7 @@ def test_two_torchrun_nodes_match_single_node_ddp(tmp_path, two_processes, engin
     ]
     outputs = [node.communicate(timeout=300)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-    node0, node1 = records(tmp_path, 2)
+    node0, node1 = rank_records(tmp_path, 2)
     assert (node0["world_size"], node1["node_rank"]) == (2, 1)
     assert node0["history"] == node1["history"]
     for a, b in zip(node0["history"], two_processes[0]["history"], strict=True):
@@ -154,7 +131,7 @@ def test_ddp_spawn_exports_the_same_alpha(tmp_path, two_processes, engine):
     from lightning_autobalance import load_loss
 
     # Lightning's spawn launcher hands the weights back through a tempfile.mkdtemp() folder it never removes
-    env = {**environment(), "TMPDIR": str(tmp_path)}
+    env = {**ddp_environment(), "TMPDIR": str(tmp_path)}
     launch(tmp_path, "--engine", engine, "--devices", 2, "--strategy", "ddp_spawn", "--batch-size", 16, env=env)
     # the calling process never ran the search itself; the learned loss reaches it through the exported file
     assert json.loads((tmp_path / "spawn.json").read_text()) == {"has_loss": False}

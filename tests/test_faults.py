@@ -7,14 +7,10 @@ the whole group at a seeded random step, as a cluster scheduler would, and is th
 
 import copy
 import inspect
-import json
 import math
 import pickle
 import random
 import re
-import socket
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,12 +19,14 @@ import pytest
 import torch
 from lightning.fabric.utilities.types import _Stateful
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import Logger
 
 from lightning_autobalance import HeldOutSplit, LearnedLossError, ParametricCrossEntropy, load_loss, save_loss
 from lightning_autobalance.hypergrad import ConjugateGradient
 from lightning_autobalance.hyperstep import FullNetwork
-from tests.conftest import ROOT, subprocess_env
+from tests._helpers.ddp import ddp_environment, rank_records, run_script
+from tests._helpers.loggers import MemoryLogger
+from tests._helpers.trainers import quiet_trainer
+from tests.conftest import ROOT
 from tests.scripts.fault_run import Data, Model, make_autobalance
 
 SCRIPT = Path(__file__).parent / "scripts" / "fault_run.py"
@@ -37,47 +35,11 @@ EPOCHS = 3
 
 
 # ---------------------------------------------------------------------------------------------- in-process runs
-class MemoryLogger(Logger):
-    """Keeps every ``log_metrics`` call (AutoBalance logs its hyper-step metrics straight to the loggers)."""
-
-    def __init__(self):
-        super().__init__()
-        self.rows = []
-
-    @property
-    def name(self):
-        return "memory"
-
-    @property
-    def version(self):
-        return 0
-
-    def log_metrics(self, metrics, step=None):
-        self.rows.append((step, dict(metrics)))
-
-    def log_hyperparams(self, params, *args, **kwargs):
-        pass
-
-    def values(self, key):
-        return [row[key] for _, row in self.rows if key in row]
-
-
 def fit(tmp_path, autobalance, epochs=EPOCHS, ckpt_path=None, weights_only=None, **trainer_kwargs):
     pl.seed_everything(0, verbose=False)
     logger = MemoryLogger()
-    options = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=epochs,
-        callbacks=[autobalance],
-        logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    options.update(trainer_kwargs)
-    trainer = pl.Trainer(**options)
+    options = dict(devices=1, max_epochs=epochs, callbacks=[autobalance], logger=logger, default_root_dir=tmp_path)
+    trainer = quiet_trainer(**{**options, **trainer_kwargs})
     datamodule = HeldOutSplit(Data(), fraction=0.25)
     trainer.fit(Model(), datamodule=datamodule, ckpt_path=ckpt_path, weights_only=weights_only)
     return trainer, logger
@@ -216,26 +178,16 @@ def test_the_same_diverging_hyper_optimizer_without_bounds_leaves_the_box(tmp_pa
 
 
 # ---------------------------------------------------------------------------------------------- SIGKILL + resume
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(tmp_path, out, *args, devices=1, expect_kill=False):
-    env = subprocess_env()
-    env["MASTER_PORT"] = str(free_port())
+    env = ddp_environment()
     env["TMPDIR"] = str(tmp_path)  # where a checkpoint is written before its rename: the checkpoints' file system
     strategy = ["--devices", "2", "--strategy", "ddp", "--batch-size", "8"] if devices == 2 else []
-    command = [sys.executable, str(SCRIPT), "--out", str(out), "--epochs", str(EPOCHS), *strategy, *map(str, args)]
-    done = subprocess.run(
-        command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, start_new_session=True
-    )
+    done = run_script(SCRIPT, out, "--epochs", EPOCHS, *strategy, *args, env=env, cwd=ROOT, start_new_session=True)
     if expect_kill:
         assert done.returncode == -9, (done.returncode, done.stderr[-3000:])
         return None
     assert done.returncode == 0, done.stderr[-3000:]
-    return [json.loads((Path(out) / f"rank{r}.json").read_text()) for r in range(devices)]
+    return rank_records(out, devices)
 
 
 def kill_step(seed, first_checkpoint):

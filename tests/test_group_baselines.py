@@ -19,6 +19,7 @@ from lightning_autobalance.data.labels import dataset_labels, group_class_counts
 from lightning_autobalance.losses import ParametricCrossEntropy
 from lightning_autobalance.metrics import worst_group_accuracy
 from lightning_autobalance.mixin import AutoBalanceMixin
+from tests._helpers.trainers import quiet_trainer
 from tests.conftest import ROOT
 
 
@@ -219,8 +220,7 @@ class Linear(AutoBalanceMixin, pl.LightningModule):
 
 
 def trainer(max_epochs):
-    return pl.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    return quiet_trainer(max_epochs=max_epochs)
 
 
 def test_error_set_matches_numpy_argmax_of_a_fixed_linear_model():

@@ -16,6 +16,7 @@ from lightning_autobalance.data.mnist1d_lt import generate_mnist1d
 from lightning_autobalance.data.split import HeldOutSplit
 from lightning_autobalance.data.spurious import GroupTensorDataset, SpuriousMNIST1D
 from lightning_autobalance.data.waterbirds import IMAGENET_MEAN, IMAGENET_STD, Waterbirds, WaterbirdsDataset
+from tests._helpers.data import prepared
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SMALL = {"n_train": 200, "test_per_cell": 10, "strength": 0.5}
@@ -33,10 +34,7 @@ def _no_item_access(monkeypatch, cls):
 
 @pytest.fixture(scope="module")
 def spurious(tmp_path_factory):
-    dm = SpuriousMNIST1D(root=str(tmp_path_factory.mktemp("mnist1d")), **SMALL)
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
+    return prepared(SpuriousMNIST1D(root=str(tmp_path_factory.mktemp("mnist1d")), **SMALL))
 
 
 def test_spurious_counts_and_batches(spurious):

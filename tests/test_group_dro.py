@@ -3,9 +3,6 @@ logging and checkpointing, the Hydra preset and DDP parity (2 gloo processes = 1
 
 import json
 import math
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -19,8 +16,10 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_autobalance import AutoBalance, AutoBalanceMixin, GroupDRO, GroupDROLoss, HeldOutSplit
-from tests.conftest import subprocess_env
+from lightning_autobalance import AutoBalance, GroupDRO, GroupDROLoss, HeldOutSplit
+from tests._helpers.ddp import assert_close, rank_records, run_script
+from tests._helpers.models import TanhNet
+from tests._helpers.trainers import quiet_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_group_dro.py"
@@ -180,28 +179,14 @@ class Data(pl.LightningDataModule):
         return DataLoader(self.dataset, batch_size=16, shuffle=False, drop_last=True)
 
 
-class Model(AutoBalanceMixin, pl.LightningModule):
+class Model(TanhNet):
     def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        return self.autobalance_step_loss(batch)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        super().__init__(num_classes=2, num_features=4, hidden=8, lr=0.1)
 
 
 def trainer(tmp_path, callbacks, max_epochs, **kwargs):
-    options = dict(
-        accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
-    options.update(kwargs)
-    return pl.Trainer(callbacks=callbacks, **options)
+    options = dict(devices=1, max_epochs=max_epochs, default_root_dir=tmp_path)
+    return quiet_trainer(callbacks=callbacks, **{**options, **kwargs})
 
 
 def test_callback_installs_the_loss_from_the_data_counts_and_logs_q(tmp_path):
@@ -371,25 +356,11 @@ def test_callback_fails_early_on_a_wrong_set_up(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- DDP parity
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(out, *args):
-    env = subprocess_env()
-    env["MASTER_PORT"] = str(free_port())
-    command = [sys.executable, str(SCRIPT), "--out", str(out), *map(str, args)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = run_script(SCRIPT, out, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     world = json.loads((Path(out) / "rank0.json").read_text())["world_size"]
-    return [json.loads((Path(out) / f"rank{r}.json").read_text()) for r in range(world)]
-
-
-def assert_close(a, b, tol=1e-6):
-    assert len(a) == len(b)
-    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= tol, (a, b)
+    return rank_records(out, world)
 
 
 @pytest.mark.slow

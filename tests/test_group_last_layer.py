@@ -13,6 +13,7 @@ from torch import nn
 import lightning_autobalance.group_last_layer as gll
 from lightning_autobalance.group_last_layer import afr_head, afr_weights, dfr_head, group_balanced_indices
 from lightning_autobalance.group_last_layer.selection import best_index
+from tests._helpers.sources import imported_modules
 from tests.conftest import package_sources, run_doctests
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -335,12 +336,8 @@ def test_doctests():
 
 
 def test_module_does_not_import_lightning():
-    import ast
-
     for source in package_sources(gll):  # every module of the group_last_layer package
-        tree = ast.parse(source)
-        names = [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
-        names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        names = imported_modules(source)
         assert not any(name.split(".")[0] in {"lightning", "pytorch_lightning"} for name in names)
 
 

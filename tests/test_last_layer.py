@@ -7,7 +7,6 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -24,6 +23,8 @@ from lightning_autobalance.last_layer import (
 )
 from lightning_autobalance.llr import MODES, class_weights_for_mode, fit_last_layer
 from lightning_autobalance.metrics import class_errors
+from tests._helpers.loggers import MemoryLogger
+from tests._helpers.trainers import quiet_trainer
 from tests.conftest import run_doctests
 
 K, D_IN, D_FEAT, N = 3, 5, 8, 120
@@ -331,26 +332,6 @@ def test_error_downsample_needs_ridge_when_n_is_small():
 # --------------------------------------------------------------------------------------------------------------
 # Callback, logging and config
 # --------------------------------------------------------------------------------------------------------------
-class CaptureLogger(Logger):
-    def __init__(self):
-        super().__init__()
-        self.logged = []
-
-    @property
-    def name(self):
-        return "capture"
-
-    @property
-    def version(self):
-        return 0
-
-    def log_hyperparams(self, params, *args, **kwargs):
-        pass
-
-    def log_metrics(self, metrics, step=None):
-        self.logged.append((dict(metrics), step))
-
-
 class ToyDataModule(pl.LightningDataModule):
     def __init__(self, groups=False):
         super().__init__()
@@ -364,20 +345,11 @@ class ToyDataModule(pl.LightningDataModule):
 
 
 def _trainer(callbacks, logger):
-    return pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=logger,
-        callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    return quiet_trainer(max_epochs=1, logger=logger, callbacks=callbacks, limit_val_batches=0)
 
 
 def test_callback_retrains_on_heldout_split_at_train_end():
-    module, logger = _module(), CaptureLogger()
+    module, logger = _module(), MemoryLogger()
     callback = LastLayerRetraining("heldout", "val", mode="thumb", head="net.head", ridge=0.5)
     datamodule = HeldOutSplit(ToyDataModule(groups=True), fraction=0.3)
     _trainer([callback], logger).fit(module, datamodule=datamodule)
@@ -392,26 +364,26 @@ def test_callback_retrains_on_heldout_split_at_train_end():
     weights = class_weights_for_mode("thumb", y, feats, g, num_classes=K)
     expected = fit_last_layer(feats, y, g, weights, ridge=0.5, num_classes=K)
     torch.testing.assert_close(module.net.head.weight.detach(), expected.weight, atol=1e-5, rtol=1e-4)
-    metrics, step = logger.logged[-1]
+    step, metrics = logger.rows[-1]
     assert step == module.trainer.global_step
     assert metrics == report.metrics
     assert {"llr/eval/balanced_error", "llr/eval/worst_group_error", "llr/retrain/worst_group_error"} <= set(metrics)
 
 
 def test_callback_on_demand_and_function_logging():
-    module, logger = _module(), CaptureLogger()
+    module, logger = _module(), MemoryLogger()
     loader = _loader(_data(seed=5))
     callback = LastLayerRetraining(loader, mode="priors", head="net.head", run_on_train_end=False)
     trainer = _trainer([callback], logger)
     trainer.fit(module, datamodule=ToyDataModule())
-    assert callback.report is None and not logger.logged
+    assert callback.report is None and not logger.rows
     report = callback.retrain(trainer, module)
-    assert logger.logged[-1][0] == report.metrics
-    logger.logged.clear()
+    assert logger.rows[-1][1] == report.metrics
+    logger.rows.clear()
     retrain_last_layer(module, loader, "none", head="net.head", prefix="again")  # the function logs too
-    assert logger.logged and all(name.startswith("again/") for name in logger.logged[-1][0])
+    assert logger.rows and all(name.startswith("again/") for name in logger.rows[-1][1])
     retrain_last_layer(module, loader, "none", head="net.head", log=False)
-    assert len(logger.logged) == 1
+    assert len(logger.rows) == 1
 
 
 def test_callback_validates_eagerly_and_names_missing_loaders():

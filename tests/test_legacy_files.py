@@ -25,6 +25,7 @@ from lightning_autobalance.data.mnist1d_lt import MNIST1DLongTail
 from lightning_autobalance.data.split import HeldOutSplit
 from lightning_autobalance.learned_loss import LearnedLossError
 from lightning_autobalance.models import MNIST1DConvNet
+from tests._helpers.data import prepared
 from tests.conftest import ROOT, SMALL_RUN
 from tests.test_cli_checks import compose_config
 
@@ -49,9 +50,7 @@ def test_the_app_retrains_with_the_learned_loss_file_of_4486b91(tmp_path, single
 
 def _legacy_setup():
     cfg = OmegaConf.load(LEGACY / "config.yaml")
-    data = MNIST1DLongTail(**{k: v for k, v in cfg.data.items() if k != "_target_"})
-    data.prepare_data()
-    data.setup("fit")
+    data = prepared(MNIST1DLongTail(**{k: v for k, v in cfg.data.items() if k != "_target_"}))
     split = HeldOutSplit(data, fraction=cfg.search.heldout_fraction, seed=cfg.seed, num_classes=10)
     net = MNIST1DConvNet(num_classes=10, channels=cfg.model.channels)
     model = ImbalancedClassifier(net, num_classes=10, **cfg.optimizer)

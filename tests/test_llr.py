@@ -26,6 +26,7 @@ from lightning_autobalance.llr import (
     prior_class_weights,
     thumb_class_weights,
 )
+from tests._helpers.sources import imported_modules
 from tests.conftest import package_sources, run_doctests
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny problems
@@ -497,10 +498,6 @@ def test_doctests():
 
 
 def test_module_does_not_import_lightning():
-    import ast
-
     for source in package_sources(llr):  # every module of the llr package
-        tree = ast.parse(source)
-        names = [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
-        names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        names = imported_modules(source)
         assert not any(name.split(".")[0] in {"lightning", "pytorch_lightning"} for name in names)

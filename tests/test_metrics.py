@@ -235,6 +235,14 @@ class Spec:
     kwargs: tuple[tuple[str, Any], ...] = ()
 
 
+def gap_specs(name: str, cls: type[M.GroupConfusionMetric], fn: Callable[..., torch.Tensor], ref: Callable) -> list:
+    """A fairness gap twice: its default maximum over the positive classes and, with ``reduction="mean"``, the mean."""
+    return [
+        Spec(f"{name}_max", cls, fn, ref),
+        Spec(f"{name}_mean", cls, fn, lambda d: ref(d, "mean"), (("reduction", "mean"),)),
+    ]
+
+
 SPECS = [
     Spec("balanced_error", M.BalancedError, M.balanced_error, ref_balanced_error),
     Spec("class_errors", M.ClassErrors, M.class_errors, ref_class_errors),
@@ -255,30 +263,9 @@ SPECS = [
         lambda d: ref_worst_group_error(d, "group"),
         (("over", "group"),),
     ),
-    Spec("dp_gap_max", M.DemographicParityGap, M.demographic_parity_gap, ref_dp_gap),
-    Spec(
-        "dp_gap_mean",
-        M.DemographicParityGap,
-        M.demographic_parity_gap,
-        lambda d: ref_dp_gap(d, "mean"),
-        (("reduction", "mean"),),
-    ),
-    Spec("eopp_gap_max", M.EqualOpportunityGap, M.equal_opportunity_gap, ref_eopp_gap),
-    Spec(
-        "eopp_gap_mean",
-        M.EqualOpportunityGap,
-        M.equal_opportunity_gap,
-        lambda d: ref_eopp_gap(d, "mean"),
-        (("reduction", "mean"),),
-    ),
-    Spec("eodds_gap_max", M.EqualizedOddsGap, M.equalized_odds_gap, ref_eodds_gap),
-    Spec(
-        "eodds_gap_mean",
-        M.EqualizedOddsGap,
-        M.equalized_odds_gap,
-        lambda d: ref_eodds_gap(d, "mean"),
-        (("reduction", "mean"),),
-    ),
+    *gap_specs("dp_gap", M.DemographicParityGap, M.demographic_parity_gap, ref_dp_gap),
+    *gap_specs("eopp_gap", M.EqualOpportunityGap, M.equal_opportunity_gap, ref_eopp_gap),
+    *gap_specs("eodds_gap", M.EqualizedOddsGap, M.equalized_odds_gap, ref_eodds_gap),
 ]
 
 

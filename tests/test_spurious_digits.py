@@ -1,7 +1,6 @@
 """Spurious digits (scikit-learn's 8×8 digits on a red / blue background): splits, correlation, balance, argument
 checks, the Hydra experiment and a few training steps of DigitsConvNet."""
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -11,16 +10,15 @@ from lightning_autobalance.cli_checks import check_config
 from lightning_autobalance.data.split import HeldOutSplit
 from lightning_autobalance.data.spurious_digits import DIGITS_CLASS_SIZES, SpuriousDigits, load_digit_images
 from lightning_autobalance.models import DigitsConvNet
+from tests._helpers.data import prepared
+from tests._helpers.trainers import quiet_trainer
 from tests.test_cli_checks import compose_config
 
 SPLITS = ("train", "val", "test")
 
 
 def _setup(**kwargs) -> SpuriousDigits:
-    dm = SpuriousDigits(**kwargs)
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
+    return prepared(SpuriousDigits(**kwargs))
 
 
 @pytest.fixture(scope="module")
@@ -164,16 +162,7 @@ def test_tiny_fit_of_the_digits_cnn(digits, tmp_path):
     torch.manual_seed(0)
     model = ImbalancedClassifier(DigitsConvNet(num_classes=2, channels=8), num_classes=2, num_groups=2, lr=0.05)
     split = HeldOutSplit(digits, fraction=0.2, seed=0, num_classes=2)
-    trainer = pl.Trainer(
-        max_steps=5,
-        limit_val_batches=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_steps=5, limit_val_batches=1, default_root_dir=tmp_path)
     before = [p.detach().clone() for p in model.parameters()]
     trainer.fit(model, datamodule=split)
     assert trainer.global_step == 5

@@ -5,19 +5,20 @@ samples r, r + 2, ..., so every global batch of 32 holds the same samples in bot
 One (group, class) cell is rare (8 of 256 samples), so it is absent from many batches and, under DDP, often present
 on one rank only. Every process writes ``rank{r}.json`` into ``--out``: ``q`` and the loss value after every step,
 the final ``q`` and the final weights.
+Run it with the repository root on ``PYTHONPATH``, as ``tests.conftest.subprocess_env`` sets it: it imports
+``tests._helpers``.
 """
-
-import argparse
 
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
-from ddp_record import write_record_and_leave  # tests/scripts, next to this script
 from lightning.pytorch.callbacks import Callback
-from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from lightning_autobalance import AutoBalanceMixin, GroupDRO
+from lightning_autobalance import GroupDRO
+from tests._helpers.models import TanhNet
+from tests._helpers.runs import run_arguments, write_record_and_leave
+from tests._helpers.trainers import quiet_trainer
 
 CELLS = {(0, 0): 112, (0, 1): 24, (1, 0): 8, (1, 1): 112}  # (group, class): samples; 256 = 8 global batches of 32
 
@@ -40,21 +41,14 @@ class Data(pl.LightningDataModule):
         return DataLoader(self.train, batch_size=self.batch_size, sampler=sampler, drop_last=True)
 
 
-class Model(AutoBalanceMixin, pl.LightningModule):
+class Model(TanhNet):
     def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 2))
-
-    def forward(self, x):
-        return self.net(x)
+        super().__init__(num_classes=2, lr=0.2)
 
     def training_step(self, batch, batch_idx):
         loss = self.autobalance_step_loss(batch)
         self.losses.append(float(loss.detach()))
         return loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.2, momentum=0.9)
 
 
 class History(Callback):
@@ -66,27 +60,17 @@ class History(Callback):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--devices", type=int, default=1)
-    parser.add_argument("--strategy", default="auto")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser = run_arguments(batch_size=32, epochs=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
     group_dro = GroupDRO(step_size=0.5, adjustment=1.0)
     history = History(group_dro)
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         devices=args.devices,
         strategy=args.strategy,
         max_epochs=args.epochs,
         callbacks=[group_dro, history],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=args.out,
         use_distributed_sampler=False,  # the datamodule shards the data itself, in order
     )

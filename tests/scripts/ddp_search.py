@@ -4,64 +4,34 @@
 gradient). Every process writes ``rank{r}.json`` into ``--out``: α after every hyper-step, the final α, the engine's
 class name and validation metrics. ``--llr MODE`` adds :class:`LastLayerRetraining` (held-out split, at the end of
 the fit); the record then holds the refit head, the head before it and the retraining report.
+Run it with the repository root on ``PYTHONPATH``, as ``tests.conftest.subprocess_env`` sets it: it imports
+``tests._helpers``.
 """
 
-import argparse
 import json
 import os
 import warnings
-from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from ddp_record import write_record_and_leave  # tests/scripts, next to this script
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
-from lightning_autobalance import AutoBalance, AutoBalanceMixin, ConjugateGradient, HeldOutSplit, LastLayerRetraining
+from lightning_autobalance import ConjugateGradient, HeldOutSplit, LastLayerRetraining
+from tests._helpers.data import Blobs
+from tests._helpers.models import TanhNetWithHead
+from tests._helpers.runs import run_arguments, write_record_and_leave
+from tests._helpers.searches import tiny_search
+from tests._helpers.trainers import quiet_trainer
 
-K = 3
 
-
-class Data(pl.LightningDataModule):
+class Data(Blobs):
     def __init__(self, batch_size):
-        super().__init__()
-        gen = torch.Generator().manual_seed(0)
-        y = torch.cat([torch.full((n,), k) for k, n in enumerate((160, 60, 20))])
-        centers = torch.randn(K, 6, generator=gen) * 1.2
-        self.train = TensorDataset(centers[y] + torch.randn(len(y), 6, generator=gen), y)
-        yv = torch.arange(K).repeat(20)
-        self.val = TensorDataset(centers[yv] + torch.randn(len(yv), 6, generator=gen), yv)
-        self.batch_size = batch_size
-
-    def train_dataloader(self):
-        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, drop_last=True)
+        super().__init__((160, 60, 20), batch_size, val_per_class=20)
 
     def val_dataloader(self):
         return DataLoader(self.val, batch_size=20)
-
-
-class Model(AutoBalanceMixin, pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, K))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def autobalance_features(self, x):  # the feature hook of the last-layer (default) engine
-        return self.net[:2](x)
-
-    def autobalance_head(self):
-        return self.net[2]
-
-    def training_step(self, batch, batch_idx):
-        return self.autobalance_step_loss(batch)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
 
 def flat(tensors):
@@ -82,13 +52,8 @@ class History(Callback):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--devices", type=int, default=1)
+    parser = run_arguments(batch_size=16, epochs=4)
     parser.add_argument("--num-nodes", type=int, default=1)
-    parser.add_argument("--strategy", default="auto")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--checkpoint-dir", default=None)
     parser.add_argument("--resume", default=None)
     parser.add_argument("--engine", default="default", choices=["default", "full"])
@@ -97,15 +62,11 @@ def main():
     warnings.filterwarnings("error", message=".*no feature hook.*")  # the engine asked for must really run
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
-    autobalance = AutoBalance(
-        preset="ce",
-        learn=("delta", "iota"),
-        warmup_epochs=1,
+    autobalance = tiny_search(
         every_n_steps=2,
         train_batches=4,
         heldout_batches=4,
         batch_size=8,
-        hyper_optimizer=partial(torch.optim.SGD, lr=0.5, momentum=0.9),
         engine=args.engine,
         solver=ConjugateGradient(iters=4, damping=1.0) if args.engine == "full" else None,  # default: its own Exact
         export_path=Path(args.out) / "loss.yaml",
@@ -117,20 +78,16 @@ def main():
         callbacks.append(llr)
     if args.checkpoint_dir:
         callbacks.append(ModelCheckpoint(dirpath=args.checkpoint_dir, save_last=True, save_top_k=0))
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         devices=args.devices,
         num_nodes=args.num_nodes,
         strategy=args.strategy,
         max_epochs=args.epochs,
         callbacks=callbacks,
-        logger=False,
         enable_checkpointing=bool(args.checkpoint_dir),
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=args.out,
     )
-    model = Model()
+    model = TanhNetWithHead()
     trainer.fit(model, datamodule=HeldOutSplit(Data(args.batch_size), fraction=0.25), ckpt_path=args.resume)
     if args.strategy == "ddp_spawn":  # the search ran in spawned processes: this one only has the exported loss
         Path(args.out, "spawn.json").write_text(json.dumps({"has_loss": autobalance.loss is not None}))

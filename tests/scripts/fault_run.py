@@ -5,70 +5,46 @@ global step reaches ``N``, as a cluster scheduler would. ``--kill-mode mid-save`
 the first checkpoint write at or after step ``N`` is half done (half of the bytes written to the open file), so the
 test sees whether a torn write can ever be the ``last.ckpt`` a resumed run loads. Without a kill the run ends
 normally and rank ``r`` writes ``rank{r}.json`` (the final raw α, bit-exact, and the counters) into ``--out``.
+Run it with the repository root on ``PYTHONPATH``, as ``tests.conftest.subprocess_env`` sets it: it imports
+``tests._helpers``.
 """
 
-import argparse
 import json
 import os
 import signal
-from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_autobalance import AutoBalance, AutoBalanceMixin, ConjugateGradient, HeldOutSplit
+from lightning_autobalance import ConjugateGradient, HeldOutSplit
+from tests._helpers.data import Blobs
+from tests._helpers.models import TanhNet
+from tests._helpers.runs import run_arguments
+from tests._helpers.searches import tiny_search
+from tests._helpers.trainers import quiet_trainer
 
-K = 3
 
-
-class Data(pl.LightningDataModule):
+class Data(Blobs):
     def __init__(self, batch_size=16):
-        super().__init__()
-        gen = torch.Generator().manual_seed(0)
-        y = torch.cat([torch.full((n,), k) for k, n in enumerate((120, 48, 16))])
-        centers = torch.randn(K, 6, generator=gen) * 1.2
-        self.train = TensorDataset(centers[y] + torch.randn(len(y), 6, generator=gen), y)
-        self.batch_size = batch_size
-
-    def train_dataloader(self):
-        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, drop_last=True)
+        super().__init__((120, 48, 16), batch_size)
 
 
-class Model(AutoBalanceMixin, pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, K))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        return self.autobalance_step_loss(batch)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+Model = TanhNet  # the run's classifier, also fitted in-process by tests/test_faults.py
 
 
 def make_autobalance(export_path=None, **overrides):
     options = dict(
-        preset="ce",
-        learn=("delta", "iota"),
-        warmup_epochs=1,
         every_n_steps=2,
         train_batches=2,
         heldout_batches=2,
         batch_size=8,
-        hyper_optimizer=partial(torch.optim.SGD, lr=0.5, momentum=0.9),
         engine="full",
         solver=ConjugateGradient(iters=3, damping=1.0),
         export_path=export_path,
     )
-    options.update(overrides)
-    return AutoBalance(**options)
+    return tiny_search(**{**options, **overrides})
 
 
 def kill_group():
@@ -119,12 +95,7 @@ def alpha_record(autobalance, trainer):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--devices", type=int, default=1)
-    parser.add_argument("--strategy", default="auto")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser = run_arguments(batch_size=16, epochs=4)
     parser.add_argument("--checkpoint-dir", required=True)
     parser.add_argument("--every-n-train-steps", type=int, default=3)
     parser.add_argument("--kill-at-step", type=int, default=None)
@@ -141,15 +112,12 @@ def main():
     callbacks = [autobalance, checkpoint]
     if args.kill_at_step is not None and args.kill_mode == "step":
         callbacks.append(KillAtStep(args.kill_at_step, Path(args.checkpoint_dir) / "last.ckpt"))
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         devices=args.devices,
         strategy=args.strategy,
         max_epochs=args.epochs,
         callbacks=callbacks,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        enable_checkpointing=True,
         default_root_dir=out,
     )
     if args.kill_at_step is not None and args.kill_mode == "mid-save":
