@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lightning_autobalance._checks import check_integer
 from lightning_autobalance.data.split import HeldOutSplit, check_seed
 from lightning_autobalance.hypergrad import LinearSolver
 from lightning_autobalance.hyperstep import HyperStepEngine
@@ -137,16 +138,9 @@ class AutoBalanceOptions:
             ("heldout_batches", 1),
             ("block_size", 1),
         ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}.")
-        batch_size = self.batch_size
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-        ):
-            raise ValueError(
-                f"batch_size must be an integer ≥ 1, or None for the training loader's, got {batch_size!r}."
-            )
+            check_integer(name, getattr(self, name), minimum)
+        if self.batch_size is not None:
+            check_integer("batch_size", self.batch_size, 1, meaning=", or None for the training loader's")
         if not _positive_number(self.hyper_lr):
             raise ValueError(f"hyper_lr must be a positive number, got {self.hyper_lr!r}: e.g. hyper_lr=0.01.")
         if self.max_hypergrad_norm is not None and not _positive_number(self.max_hypergrad_norm):

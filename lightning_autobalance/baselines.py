@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_autobalance._checks import check_integer, is_integer
 from lightning_autobalance.losses import as_counts, as_group_counts, check_inputs, plain_data, reduce_loss
 from lightning_autobalance.losses import effective_number_weights as _effective_number_weights
 
@@ -154,7 +155,7 @@ class LDAMLoss(ClassLevelLoss):
             )
         if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be a finite positive number (s = 30 in the paper), got {scale!r}.")
-        if drw_epoch is not None and (isinstance(drw_epoch, bool) or not isinstance(drw_epoch, int) or drw_epoch < 0):
+        if drw_epoch is not None and (not is_integer(drw_epoch) or drw_epoch < 0):
             raise ValueError(
                 f"drw_epoch must be an epoch index ≥ 0 (when re-weighting starts) or None, got {drw_epoch!r}."
             )
@@ -177,9 +178,7 @@ class LDAMLoss(ClassLevelLoss):
 
     def set_epoch(self, epoch: int) -> None:
         """Tell the loss the current training epoch (switches DRW on at ``drw_epoch``); call at every epoch start."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be an integer ≥ 0, got {epoch!r}.")
-        self.epoch = epoch
+        self.epoch = check_integer("epoch", epoch, 0)
 
     def class_weights(self) -> Tensor | None:
         """The per-class weights in use at the current epoch, or ``None`` before DRW starts (or without DRW)."""
@@ -244,10 +243,8 @@ class FocalLoss(ClassLevelLoss):
                 f"gamma must be a finite number ≥ 0 (the focusing parameter; 2 in the paper, 0 gives cross-entropy), "
                 f"got {gamma!r}."
             )
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)):
-            raise ValueError(f"num_classes must be an integer ≥ 2 or None, got {num_classes!r}.")
-        if num_classes is not None and num_classes < 2:
-            raise ValueError(f"num_classes must be an integer ≥ 2 or None, got {num_classes!r}.")
+        if num_classes is not None:
+            check_integer("num_classes", num_classes, 2, meaning=" or None")
         self.gamma = float(gamma)
         if alpha is not None:
             weights = torch.as_tensor(alpha, dtype=torch.float64)

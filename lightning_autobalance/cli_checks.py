@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from lightning_autobalance._checks import check_integer, is_finite_number, is_integer
 
 __all__ = ["INPUT_KINDS", "check_config", "check_datamodule", "check_plugins"]
 
@@ -88,17 +89,8 @@ _PLUGINS = (
 )
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_int(key: str, value: Any, minimum: int, example: str) -> None:
-    if not _is_int(value) or value < minimum:
-        raise ValueError(f"{key} must be an integer ≥ {minimum}, got {value!r}: e.g. {key}={example}.")
+    check_integer(key, value, minimum, advice=f": e.g. {key}={example}")
 
 
 def _locate(target: Any) -> Any:
@@ -176,10 +168,10 @@ def _check_phases(cfg: DictConfig, phases: list[str]) -> None:
 
 def _check_seed_and_threads(cfg: DictConfig) -> None:
     seed = cfg.get("seed")
-    if not _is_int(seed):
+    if not is_integer(seed):
         raise TypeError(f"seed must be an integer, got {seed!r} ({type(seed).__name__}): e.g. seed=0.")
     threads = cfg.get("threads")
-    if not _is_int(threads) or threads < 1:
+    if not is_integer(threads) or threads < 1:
         raise ValueError(f"threads must be an integer ≥ 1 (torch.set_num_threads), got {threads!r}: e.g. threads=2.")
 
 
@@ -203,7 +195,7 @@ def _check_phase_groups(cfg: DictConfig, phases: list[str]) -> None:
 
 def _check_heldout_fraction(cfg: DictConfig) -> None:
     fraction = cfg.search.heldout_fraction
-    if not _is_number(fraction) or not 0.0 < fraction < 1.0:
+    if not is_finite_number(fraction) or not 0.0 < fraction < 1.0:
         raise ValueError(
             f"search.heldout_fraction must lie strictly between 0 and 1, got {fraction!r}: it is the share of every "
             "class held out for the search's upper level and the llr phase's retraining, e.g. "
@@ -264,7 +256,7 @@ def _check_search(cfg: DictConfig) -> None:
     if getattr(objective, "requires_groups", False) and "data" in cfg:
         # a datamodule class declaring `num_groups` decides now; otherwise check_datamodule does after set-up
         declared = getattr(_locate(cfg.data.get("_target_")), "num_groups", None)
-        if _is_int(declared) and declared < 2:
+        if is_integer(declared) and declared < 2:
             raise _no_groups_error(cfg, objective)
 
 

@@ -46,6 +46,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from lightning_autobalance._checks import check_integer
 from lightning_autobalance.callback import AutoBalance
 from lightning_autobalance.data.labels import cell_index, dataset_labels, group_class_counts
 from lightning_autobalance.data.split import HeldOutSplit
@@ -84,9 +85,7 @@ def _check_options(step_size: Any, adjustment: Any, over: Any) -> None:
 
 
 def _check_count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}.")
-    return value
+    return check_integer(name, value, minimum)
 
 
 def _check_state_version(state: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import move_data_to_device, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
+from lightning_autobalance._checks import check_integer
 from lightning_autobalance.batches import unpack_batch
 from lightning_autobalance.data.labels import dataset_labels, group_class_counts
 from lightning_autobalance.data.resample import Upsample
@@ -203,8 +204,7 @@ def jtt(
         (64, 5, tensor(True))
     """
     for name, value in (("stage1_epochs", stage1_epochs), ("upweight", upweight), ("epochs", epochs)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"jtt: {name} must be an integer ≥ 1, got {value!r}.")
+        check_integer(f"jtt: {name}", value, 1)
     stage1 = make_model()
     trainer_factory(stage1_epochs).fit(stage1, datamodule=datamodule)
     template = datamodule.train_dataloader()

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import yaml
 
+from lightning_autobalance._checks import is_integer
 from lightning_autobalance.files import write_atomic
 from lightning_autobalance.losses import AUGMENTATION_KINDS, HPARAM_KINDS, ParametricCrossEntropy
 
@@ -204,7 +205,7 @@ def loss_from_dict(
         True
     """
     for name, value in (("num_classes", num_classes), ("num_groups", num_groups)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and not (is_integer(value) and value >= 1):
             raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
     path = source
     version, file_groups, file_classes = _read_header(data, path, num_classes, num_groups)

@@ -24,6 +24,11 @@ class TinyData(Blobs):
     def __init__(self, counts=(120, 40, 12), seed=0, num_features=6):
         super().__init__(counts, seed=seed, num_features=num_features)
 
+    @property
+    def dataset(self):
+        """The training samples (test_dropin builds its validation data from them)."""
+        return self.train
+
 
 class TinyModel(AutoBalanceMixin, pl.LightningModule):
     """A small MLP with BatchNorm and the feature hook of the default (last-layer) engine: body net[:3], head net[3]."""

@@ -39,6 +39,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from lightning_autobalance._checks import check_integer
 from lightning_autobalance.data.labels import cell_index, dataset_labels, group_class_counts
 from lightning_autobalance.data.split import (
     ResumableLoader,
@@ -302,11 +303,7 @@ class Upsample(_TrainingResample):
         factor: int,
         seed: int | None = None,
     ) -> None:
-        if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
-            raise ValueError(
-                f"factor must be an integer ≥ 1 (the total number of copies of each listed sample, JTT's λ_up), got "
-                f"{factor!r}."
-            )
+        check_integer("factor", factor, 1, meaning=" (the total number of copies of each listed sample, JTT's λ_up)")
         index = indices.detach().cpu() if isinstance(indices, Tensor) else torch.as_tensor(np.asarray(indices))
         if index.numel() == 0:
             index = torch.zeros(0, dtype=torch.long)

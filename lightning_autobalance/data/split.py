@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from lightning_autobalance._checks import is_integer
 from lightning_autobalance.data.labels import cell_index, dataset_labels, group_class_counts
 
 __all__ = [
@@ -125,7 +126,7 @@ def check_seed(owner: str, seed: object) -> None:
         ...
         TypeError: HeldOutSplit seed must be an integer or None (follow seed_everything), got 'abc'.
     """
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+    if seed is not None and (not is_integer(seed)):
         raise TypeError(f"{owner} seed must be an integer or None (follow seed_everything), got {seed!r}.")
 
 

@@ -36,6 +36,7 @@ from numbers import Real
 import torch
 from torch import Tensor
 
+from lightning_autobalance._checks import check_integer
 from lightning_autobalance.data.image_splits import SplitGroupDataModule
 from lightning_autobalance.data.spurious import GroupTensorDataset
 
@@ -58,10 +59,6 @@ def load_digit_images() -> tuple[Tensor, Tensor]:
     digits = load_digits()
     ink = torch.from_numpy(digits.images).float() / 16.0
     return ink, torch.from_numpy(digits.target).long()
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class SpuriousDigits(SplitGroupDataModule):
@@ -119,10 +116,8 @@ class SpuriousDigits(SplitGroupDataModule):
             ("test_per_cell", test_per_cell, 100),
             ("batch_size", batch_size, 64),
         ):
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}: e.g. {name}={example}.")
-        if not _is_int(seed) or seed < 0:
-            raise ValueError(f"seed must be an integer ≥ 0 (it fixes the split), got {seed!r}: e.g. seed=0.")
+            check_integer(name, value, 1, advice=f": e.g. {name}={example}")
+        check_integer("seed", seed, 0, meaning=" (it fixes the split)", advice=": e.g. seed=0")
         self.correlation, self.strength = float(correlation), float(strength)
         self.val_per_cell, self.test_per_cell = val_per_cell, test_per_cell
         self.batch_size, self.seed = batch_size, seed

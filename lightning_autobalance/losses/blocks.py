@@ -18,11 +18,33 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_autobalance._checks import is_integer
 from lightning_autobalance.losses.inputs import as_counts
 
-__all__ = ["ExpansionMode", "block_layout", "frequency_blocks", "frequency_ranks", "linear_expansion"]
+__all__ = [
+    "ExpansionMode",
+    "block_layout",
+    "check_block_size",
+    "frequency_blocks",
+    "frequency_ranks",
+    "linear_expansion",
+]
 
 ExpansionMode = Literal["constant", "linear"]
+
+
+def check_block_size(block_size: int) -> int:
+    """Return ``block_size`` if it is a whole number of classes ≥ 1, else raise a ValueError naming it.
+
+    Example:
+        >>> check_block_size(0)
+        Traceback (most recent call last):
+        ...
+        ValueError: block_size must be a positive number of classes, got 0.
+    """
+    if not is_integer(block_size) or block_size < 1:
+        raise ValueError(f"block_size must be a positive number of classes, got {block_size!r}.")
+    return block_size
 
 
 def frequency_blocks(class_counts: Sequence[float] | Tensor, block_size: int) -> Tensor:
@@ -43,8 +65,7 @@ def frequency_blocks(class_counts: Sequence[float] | Tensor, block_size: int) ->
         >>> frequency_blocks([5, 50, 20, 1], block_size=2).tolist()
         [1, 0, 0, 1]
     """
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive number of classes, got {block_size!r}.")
+    check_block_size(block_size)
     counts = as_counts(class_counts)
     order = sorted(range(counts.numel()), key=lambda k: (-float(counts[k]), k))
     blocks = torch.empty(counts.numel(), dtype=torch.long)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_autobalance._checks import check_integer
 from lightning_autobalance.losses.augmentation import augment_logits, batch_seed, seeded_generator, step_seed
 from lightning_autobalance.losses.blocks import ExpansionMode, block_layout, frequency_ranks, linear_expansion
 from lightning_autobalance.losses.inputs import check_inputs, check_logits, plain_data, reduce_loss
@@ -99,10 +100,8 @@ class ParametricCrossEntropy(nn.Module):
         delta_max: float = 2.0,
     ) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer ≥ 2, got {num_classes!r}.")
-        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
-            raise ValueError(f"num_groups must be an integer ≥ 1, got {num_groups!r}.")
+        check_integer("num_classes", num_classes, 2)
+        check_integer("num_groups", num_groups, 1)
         Parameterization(delta_parameterization, delta_max)  # raises unless both are valid
         self.num_classes = num_classes
         self.num_groups = num_groups

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_autobalance.losses.blocks import frequency_blocks
+from lightning_autobalance.losses.blocks import check_block_size, frequency_blocks
 from lightning_autobalance.losses.inputs import Counts, as_counts, as_group_counts
 from lightning_autobalance.losses.priors import class_priors, inverse_prior_weights, normalise_to_prior
 from lightning_autobalance.options import options_from, options_signature
@@ -259,8 +259,7 @@ def preset_arguments(
     settings: PresetOptions = options_from(PresetOptions, "preset_arguments", options)
     check_preset_options(preset, settings.tau, settings.gamma, settings.beta)
     block_size, delta_max = settings.block_size, settings.delta_max
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive number of classes, got {block_size!r}.")
+    check_block_size(block_size)
     counts, cells, groups = preset_counts(preset, class_counts, group_counts, settings.num_groups)
     values = preset_values(preset, cells, tau=settings.tau, gamma=settings.gamma, beta=settings.beta)
     blocks = frequency_blocks(counts, block_size) if block_size > 1 else None

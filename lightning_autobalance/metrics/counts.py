@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lightning_autobalance._checks import is_integer
+
 __all__ = [
     "GroupConfusionMetric",
     "TensorLike",
@@ -47,12 +49,12 @@ TensorLike = Tensor | Sequence[int] | Sequence[Sequence[float]]
 
 def _check_sizes(num_classes: int, num_groups: int) -> None:
     """Raise a ValueError unless ``num_classes >= 2`` and ``num_groups >= 1`` are integers."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+    if not is_integer(num_classes) or num_classes < 2:
         raise ValueError(
             f"num_classes={num_classes!r} is invalid: pass an integer num_classes >= 2 "
             "(num_classes=2 for a binary task)."
         )
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+    if not is_integer(num_groups) or num_groups < 1:
         raise ValueError(
             f"num_groups={num_groups!r} is invalid: pass an integer num_groups >= 1 "
             "(num_groups=1 when there are no sensitive groups)."
