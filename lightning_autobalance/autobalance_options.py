@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_autobalance._checks import check_integer
+from lightning_autobalance._checks import check_integer, is_finite_number
 from lightning_autobalance.data.split import HeldOutSplit, check_seed
 from lightning_autobalance.hypergrad import LinearSolver
 from lightning_autobalance.hyperstep import HyperStepEngine
@@ -151,8 +151,8 @@ class AutoBalanceOptions:
 
 
 def _positive_number(value: object) -> bool:
-    """Whether ``value`` is a finite positive int or float (not a bool)."""
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < math.inf
+    """Whether ``value`` is a finite positive number (not a bool)."""
+    return is_finite_number(value) and value > 0  # type: ignore[operator]
 
 
 def _check_bounds(bounds: object, learned: Sequence[str]) -> None:

@@ -16,6 +16,7 @@ This module is pure PyTorch (no Lightning).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -38,7 +39,7 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
 
 
-class ClassLevelLoss(nn.Module):
+class ClassLevelLoss(nn.Module, ABC):
     """Base of the baselines: the ``(logits, targets, groups=None, reduction="mean")`` call, checks and reduction.
 
     A subclass gives :meth:`loss_terms` (per-sample losses and optional per-sample weights) and ``num_classes``.
@@ -60,9 +61,9 @@ class ClassLevelLoss(nn.Module):
         assert self.num_classes is not None
         return self.num_classes
 
+    @abstractmethod
     def loss_terms(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor | None]:
         """Per-sample losses ``(N,)`` and per-sample weights ``(N,)`` (``None``: no weights)."""
-        raise NotImplementedError
 
     def forward(
         self, logits: Tensor, targets: Tensor, groups: Tensor | None = None, reduction: Reduction = "mean"

@@ -205,14 +205,15 @@ class PhaseContext:
         """
         seconds = {"wall": round(time.perf_counter() - clock[0], 1), "cpu": round(time.process_time() - clock[1], 1)}
         self.timings[phase] = seconds
-        result = self.results[label] = self.test_report(model, self.datamodule.test_dataloader())
+        test_loader = self.datamodule.test_dataloader()
+        result = self.results[label] = self.test_report(model, test_loader)
         say(
             "phase %s: done in %.1f s wall (%.1f s CPU)%s; test balanced error %.2f %%, worst-class %.2f %%",
             phase, seconds["wall"], seconds["cpu"], extra, 100 * result["balanced_error"],
             100 * result["worst_class_error"],
         )  # fmt: skip
         if self.keep_logits:
-            save_logits(model, loaders or {"test": self.datamodule.test_dataloader()}, self.out / f"logits_{phase}.npz")
+            save_logits(model, loaders or {"test": test_loader}, self.out / f"logits_{phase}.npz")
         return result
 
 
@@ -272,7 +273,7 @@ def search_phase(ctx: PhaseContext) -> SearchOutcome:
     steps = (
         f", {callback.hyper_steps} hyper-steps ({callback.skipped_steps} skipped)" if callback.loss is not None else ""
     )
-    if getattr(callback, "posthoc_tau", None) is not None:
+    if callback.posthoc_tau is not None:
         steps += f", post-hoc τ = {callback.posthoc_tau:.3f}"
     loaders = {"test": datamodule.test_dataloader(), "heldout": split.heldout_dataloader()} if ctx.keep_logits else None
     result = ctx.finish("search", SEARCH_LABEL, model, clock, steps, loaders)

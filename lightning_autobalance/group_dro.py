@@ -84,10 +84,6 @@ def _check_options(step_size: Any, adjustment: Any, over: Any) -> None:
         )
 
 
-def _check_count(name: str, value: Any, minimum: int) -> int:
-    return check_integer(name, value, minimum)
-
-
 def _check_state_version(state: dict[str, Any]) -> None:
     """A checkpoint's GroupDRO state is of the version this package reads, or a ``ValueError`` naming both."""
     if state.get("version") != STATE_VERSION:
@@ -158,8 +154,8 @@ class GroupDROLoss(nn.Module):
         sync: bool = True,
     ) -> None:
         super().__init__()
-        self.num_classes = _check_count("num_classes", num_classes, 2)
-        self.num_groups = _check_count("num_groups", num_groups, 1)
+        self.num_classes = check_integer("num_classes", num_classes, 2)
+        self.num_groups = check_integer("num_groups", num_groups, 1)
         _check_options(step_size, adjustment, over)
         if over == "group" and num_groups == 1:
             raise ValueError(
@@ -356,9 +352,9 @@ class GroupDRO(Callback):
     ) -> None:
         _check_options(step_size, adjustment, over)
         if num_classes is not None:
-            _check_count("num_classes", num_classes, 2)
+            check_integer("num_classes", num_classes, 2)
         if num_groups is not None:
-            _check_count("num_groups", num_groups, 1)
+            check_integer("num_groups", num_groups, 1)
         self.step_size, self.adjustment, self.over = float(step_size), float(adjustment), over
         self.num_classes, self.num_groups = num_classes, num_groups
         self.loss: GroupDROLoss | None = None
@@ -436,7 +432,7 @@ class GroupDRO(Callback):
                 f"GroupDRO: the training group labels lie in [{int(groups.min())}, {int(groups.max())}] but "
                 f"num_groups={num_groups}: renumber the groups 0..G-1 or pass GroupDRO(num_groups=...)."
             )
-        _check_count("num_classes (from the training labels)", num_classes, 2)
+        check_integer("num_classes (from the training labels)", num_classes, 2)
         return group_class_counts(targets, groups, num_groups, num_classes)
 
     def _check_sizes(self, num_groups: int, num_classes: int) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import zipfile
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -61,7 +62,7 @@ def generate_mnist1d(per_class: int, seed: int, root: str | os.PathLike[str] | N
     return arrays
 
 
-class MNIST1DDataModule(pl.LightningDataModule):
+class MNIST1DDataModule(pl.LightningDataModule, ABC):
     """What the MNIST-1D datamodules share: the checked loader sizes, the cached sequences and the two loaders.
 
     A subclass says how many sequences of every digit it draws from (:meth:`sequences_per_digit`) and sets
@@ -87,9 +88,9 @@ class MNIST1DDataModule(pl.LightningDataModule):
             )
         self.batch_size, self.seed, self.root = batch_size, seed, root
 
+    @abstractmethod
     def sequences_per_digit(self) -> int:
         """How many sequences of every digit the data set draws from (the size of the cached file)."""
-        raise NotImplementedError
 
     def generate(self) -> dict[str, np.ndarray]:
         """The generated sequences (read from the cache after the first call): ``x`` (N, 40) and ``y`` (N,)."""

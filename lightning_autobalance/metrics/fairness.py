@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -127,9 +128,9 @@ class RateGapMetric(GroupConfusionMetric):
         self.reduction = check_option("reduction", reduction, _REDUCTIONS)
 
     @staticmethod
+    @abstractmethod
     def per_class_gaps(rates: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
         """The gaps ``(C,)`` over the positive classes, from the rates' numerators and denominators ``(G, C)``."""
-        raise NotImplementedError
 
     @classmethod
     def from_counts(cls, counts: Tensor, reduction: Reduction = "max") -> Tensor:

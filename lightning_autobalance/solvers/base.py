@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import Tensor
 
@@ -25,12 +27,12 @@ from lightning_autobalance.protocols import MatVec, Vectors
 __all__ = ["Solver", "dot", "flatten", "unflatten"]
 
 
-class Solver:
+class Solver(ABC):
     """Base of the solvers: calling one, ``solver(hvp, rhs)``, runs ``solve(hvp, rhs)``."""
 
+    @abstractmethod
     def solve(self, matvec: MatVec, b: Vectors) -> Vectors:
         """Return an approximation of ``H⁻¹ b`` with the structure of ``b`` (``matvec(v) = H v``)."""
-        raise NotImplementedError
 
     def __call__(self, hvp: MatVec, rhs: Vectors) -> Vectors:
         """``solve(hvp, rhs)``."""
