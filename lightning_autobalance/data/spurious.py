@@ -17,6 +17,7 @@ Batches are ``(x, y, g)`` with ``x`` of shape (B, 1, 40).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -25,7 +26,59 @@ from torch.utils.data import Dataset
 from lightning_autobalance.data.labels import group_class_counts
 from lightning_autobalance.data.mnist1d_lt import MNIST1DDataModule
 
-__all__ = ["GroupTensorDataset", "SpuriousMNIST1D"]
+__all__ = ["GroupTensorDataset", "SpuriousMNIST1D", "split_spurious_cells"]
+
+
+def split_spurious_cells(
+    labels: Tensor, majority: Sequence[int], held_per_cell: Sequence[int], seed: int, train_per_class: int | None = None
+) -> list[tuple[Tensor, Tensor]]:
+    """Split a binary task into group-balanced held-out splits and a spuriously correlated training split.
+
+    Per class ``y`` (a permutation of its members seeded by ``seed``, class 0 first): ``2·n`` samples for each
+    held-out split with ``n`` in ``held_per_cell`` (``n`` in group 0, then ``n`` in group 1, so the group is
+    independent of the label there), then the training samples (``train_per_class`` of them, or all the rest):
+    the first ``majority[y]`` in group ``y`` (the majority cell), the others in group ``1 − y`` (the minority cell).
+    :class:`SpuriousMNIST1D` and :class:`~lightning_autobalance.data.spurious_digits.SpuriousDigits` split with it.
+
+    Args:
+        labels: binary class labels (N,).
+        majority: training samples of the majority cell of class 0 and of class 1.
+        held_per_cell: samples per (group, class) cell of each held-out split, in the order they are drawn.
+        seed: seed of the permutations.
+        train_per_class: training samples per class; ``None`` takes all that the held-out splits leave.
+
+    Returns:
+        ``(index, groups)`` of every held-out split in the order of ``held_per_cell``, then of the training split,
+        each sorted by index (an order independent of how the cells were drawn).
+
+    Example:
+        >>> labels = torch.tensor([0, 1] * 6)
+        >>> (test, test_groups), (train, train_groups) = split_spurious_cells(labels, (3, 2), (1,), seed=0)
+        >>> splits = ((test, test_groups), (train, train_groups))
+        >>> [group_class_counts(labels[i], g, 2, 2).tolist() for i, g in splits]  # rows: group, columns: class
+        [[[1, 1], [1, 1]], [[3, 2], [1, 2]]]
+    """
+    generator = torch.Generator().manual_seed(seed)
+    parts: list[tuple[list[Tensor], list[Tensor]]] = [([], []) for _ in range(len(held_per_cell) + 1)]
+    for label in (0, 1):
+        members = torch.nonzero(labels == label).flatten()
+        members = members[torch.randperm(members.numel(), generator=generator)]
+        start = 0
+        for (index, groups), per_cell in zip(parts[:-1], held_per_cell, strict=True):
+            index.append(members[start : start + 2 * per_cell])
+            groups.append(torch.arange(2).repeat_interleave(per_cell))
+            start += 2 * per_cell
+        train = members[start : None if train_per_class is None else start + train_per_class]
+        groups = torch.full((train.numel(),), 1 - label)
+        groups[: int(majority[label])] = label
+        parts[-1][0].append(train)
+        parts[-1][1].append(groups)
+    splits = []
+    for index_parts, group_parts in parts:
+        index, groups = torch.cat(index_parts), torch.cat(group_parts)
+        order = torch.argsort(index)
+        splits.append((index[order], groups[order]))
+    return splits
 
 
 class GroupTensorDataset(Dataset):
@@ -129,29 +182,14 @@ class SpuriousMNIST1D(MNIST1DDataModule):
         data = self.generate()
         x, digits = torch.from_numpy(data["x"]).unsqueeze(1), torch.from_numpy(data["y"])
         labels = (digits >= 5).long()
-        generator = torch.Generator().manual_seed(self.seed)
-        counts = self.expected_group_class_counts()
-        train_idx, train_g, test_idx, test_g = [], [], [], []
-        for label in (0, 1):
-            members = torch.nonzero(labels == label).flatten()
-            members = members[torch.randperm(members.numel(), generator=generator)]
-            test = members[: 2 * self.test_per_cell]
-            train = members[2 * self.test_per_cell : 2 * self.test_per_cell + self.n_train // 2]
-            test_idx.append(test)
-            test_g.append(torch.arange(2).repeat_interleave(self.test_per_cell))
-            train_idx.append(train)
-            majority = int(counts[label, label])
-            groups = torch.full((train.numel(),), 1 - label)
-            groups[:majority] = label
-            train_g.append(groups)
-        self.train_set = self._build(x, labels, torch.cat(train_idx), torch.cat(train_g))
-        self.test_set = self._build(x, labels, torch.cat(test_idx), torch.cat(test_g))
+        majority = self.expected_group_class_counts().diagonal().tolist()
+        test, train = split_spurious_cells(labels, majority, (self.test_per_cell,), self.seed, self.n_train // 2)
+        self.train_set = self._build(x, labels, *train)
+        self.test_set = self._build(x, labels, *test)
         train = self.train_set
         self.group_class_counts = group_class_counts(train.targets, train.groups, self.num_groups, self.num_classes)
         self.class_counts = self.group_class_counts.sum(0)
 
     def _build(self, x: Tensor, labels: Tensor, index: Tensor, groups: Tensor) -> GroupTensorDataset:
-        order = torch.argsort(index)  # a stable order, independent of how the cells were drawn
-        index, groups = index[order], groups[order]
         offset = self.strength * (2.0 * groups.to(x.dtype) - 1.0)
         return GroupTensorDataset(x[index] + offset.view(-1, 1, 1), labels[index], groups)

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from lightning_autobalance._checks import check_integer
 from lightning_autobalance.data.image_splits import SplitGroupDataModule
-from lightning_autobalance.data.spurious import GroupTensorDataset
+from lightning_autobalance.data.spurious import GroupTensorDataset, split_spurious_cells
 
 __all__ = ["DIGITS_CLASS_SIZES", "SpuriousDigits", "load_digit_images"]
 
@@ -147,32 +147,15 @@ class SpuriousDigits(SplitGroupDataModule):
             return
         ink, digits = load_digit_images()
         labels = (digits >= 5).long()
-        generator = torch.Generator().manual_seed(self.seed)
-        counts = self.expected_group_class_counts()
-        parts: dict[str, tuple[list[Tensor], list[Tensor]]] = {"train": ([], []), "val": ([], []), "test": ([], [])}
-        for label in (0, 1):
-            members = torch.nonzero(labels == label).flatten()
-            members = members[torch.randperm(members.numel(), generator=generator)]
-            start = 0
-            for split, per_cell in (("test", self.test_per_cell), ("val", self.val_per_cell)):
-                parts[split][0].append(members[start : start + 2 * per_cell])
-                parts[split][1].append(torch.arange(2).repeat_interleave(per_cell))  # background ⟂ label
-                start += 2 * per_cell
-            train = members[start:]
-            groups = torch.full((train.numel(),), 1 - label)
-            groups[: int(counts[label, label])] = label
-            parts["train"][0].append(train)
-            parts["train"][1].append(groups)
-        sets, self.split_indices = {}, {}
-        for split, (index, groups) in parts.items():
-            sets[split], self.split_indices[split] = self._build(ink, labels, torch.cat(index), torch.cat(groups))
-        self.train_set, self.val_set, self.test_set = sets["train"], sets["val"], sets["test"]
+        majority = self.expected_group_class_counts().diagonal().tolist()
+        held = (self.test_per_cell, self.val_per_cell)
+        test, val, train = split_spurious_cells(labels, majority, held, self.seed)
+        self.split_indices = {"train": train[0], "val": val[0], "test": test[0]}
+        self.train_set, self.val_set, self.test_set = (self._build(ink, labels, *cells) for cells in (train, val, test))
         self._count_training_cells()
 
-    def _build(self, ink: Tensor, labels: Tensor, index: Tensor, groups: Tensor) -> tuple[GroupTensorDataset, Tensor]:
-        order = torch.argsort(index)  # a stable order, independent of how the cells were drawn
-        index, groups = index[order], groups[order]
+    def _build(self, ink: Tensor, labels: Tensor, index: Tensor, groups: Tensor) -> GroupTensorDataset:
         background = (self.strength * _BACKGROUNDS[groups]).view(-1, 3, 1, 1)
         pixels = ink[index].unsqueeze(1)  # (N, 1, 8, 8), broadcast over the colour channels
         images = pixels + (1.0 - pixels) * background
-        return GroupTensorDataset(images.contiguous(), labels[index], groups), index
+        return GroupTensorDataset(images.contiguous(), labels[index], groups)
