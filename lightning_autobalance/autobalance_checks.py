@@ -15,6 +15,7 @@ from torch._dynamo import OptimizedModule  # what torch.compile(module) returns 
 
 from lightning_autobalance.data.split import HeldOutSplit
 from lightning_autobalance.mixin import AutoBalanceMixin
+from lightning_autobalance.objectives import requires_groups
 
 __all__ = ["check_compiled", "check_module", "check_schedule", "check_search_data", "check_strategy"]
 
@@ -61,12 +62,12 @@ def check_search_data(datamodule: object, objective: object, posthoc: bool) -> H
             "`trainer.fit(model, datamodule=HeldOutSplit(datamodule, fraction=0.2))`"
             f" (got {type(datamodule).__name__})."
         )
-    if getattr(objective, "requires_groups", False) and datamodule.num_groups == 1:
+    if requires_groups(objective) and datamodule.num_groups == 1:
         raise ValueError(
             f"The objective {type(objective).__name__} needs group labels, but the training data has none: "
             "return (x, y, g) batches (or a data set with a `groups` attribute), or use objective='balanced'."
         )
-    if getattr(objective, "requires_groups", False):
+    if requires_groups(objective):
         missing = torch.nonzero(datamodule.heldout_group_class_counts.sum(1) == 0).flatten().tolist()
         if missing:
             raise ValueError(

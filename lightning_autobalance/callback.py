@@ -31,7 +31,7 @@ from lightning_autobalance.mixin import AutoBalanceMixin
 from lightning_autobalance.objectives import get_objective
 from lightning_autobalance.options import keyword_signature, options_from
 from lightning_autobalance.posthoc import adjust_logits, fit_logit_adjustment
-from lightning_autobalance.protocols import TrainBatchPolicy
+from lightning_autobalance.protocols import SeededAugmentation, TrainBatchPolicy
 from lightning_autobalance.update import UpdateResult, apply_hypergradient
 
 __all__ = ["AutoBalance", "AutoBalanceOptions", "HyperOptimizerFactory"]
@@ -168,7 +168,7 @@ class AutoBalance(Callback):
         self.run_seed = resolve_seed(self.seed)
         if self.loss is None:
             self.loss = self.options.starting_loss(datamodule)
-            if hasattr(self.loss, "augmentation_seed"):
+            if isinstance(self.loss, SeededAugmentation):
                 self.loss.augmentation_seed = self.run_seed  # training-time augmentation draws follow the run's seed
         self._warn_if_replacing(pl_module)
         pl_module.autobalance_loss = self.loss
@@ -236,8 +236,8 @@ class AutoBalance(Callback):
         context = self._context(trainer, pl_module, torch.Generator().manual_seed(seed))
         # the personalized augmentation draws the same noise / partners every time the engine evaluates a batch
         self.loss.train(pl_module.training)  # the inner loss is the training loss (augmentation on)
-        fixed = getattr(self.loss, "fixed_augmentation", None)
-        draws = nullcontext() if fixed is None else fixed(seed=seed)
+        seeded = isinstance(self.loss, SeededAugmentation)
+        draws = self.loss.fixed_augmentation(seed=seed) if seeded else nullcontext()
         with torch.inference_mode(False), torch.enable_grad(), draws:
             result = self.engine(context)
         update = apply_hypergradient(
@@ -471,7 +471,7 @@ class AutoBalance(Callback):
         self._last_step = int(state.get("last_step", -1))
         # the seed the run started with (it may have come from seed_everything): a resumed run draws the same batches
         self.run_seed = int(state.get("seed", self.run_seed))
-        if hasattr(self.loss, "augmentation_seed"):
+        if isinstance(self.loss, SeededAugmentation):
             self.loss.augmentation_seed = self.run_seed
 
 

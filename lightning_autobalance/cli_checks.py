@@ -29,6 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_autobalance._checks import check_integer, is_finite_number, is_integer
+from lightning_autobalance.objectives import requires_groups
 
 __all__ = ["INPUT_KINDS", "check_config", "check_datamodule", "check_plugins"]
 
@@ -253,7 +254,7 @@ def _check_search(cfg: DictConfig) -> None:
         )
     objective = _build("objective", cfg.objective)
     _build("autobalance", cfg.autobalance, objective=objective)
-    if getattr(objective, "requires_groups", False) and "data" in cfg:
+    if requires_groups(objective) and "data" in cfg:
         # a datamodule class declaring `num_groups` decides now; otherwise check_datamodule does after set-up
         declared = getattr(_locate(cfg.data.get("_target_")), "num_groups", None)
         if is_integer(declared) and declared < 2:
@@ -374,7 +375,7 @@ def check_datamodule(cfg: DictConfig, datamodule: Any) -> None:
         from hydra.utils import instantiate
 
         objective = instantiate(cfg.objective)
-        if getattr(objective, "requires_groups", False):
+        if requires_groups(objective):
             raise _no_groups_error(cfg, objective)
 
 

@@ -14,6 +14,7 @@ from lightning_autobalance import metrics as M
 from lightning_autobalance.batches import unpack_batch
 from lightning_autobalance.learned_loss import CHECKPOINT_KEY, loss_from_dict, loss_to_dict
 from lightning_autobalance.losses import ParametricCrossEntropy
+from lightning_autobalance.protocols import EpochScheduled
 
 __all__ = ["AutoBalanceMixin", "PlainCrossEntropy"]
 
@@ -155,8 +156,8 @@ class AutoBalanceMixin:
                 members.update(
                     worst_group_error=M.WorstGroupError(k, g),
                     demographic_parity_gap=M.DemographicParityGap(k, g),
-                    equal_opportunity_gap=M.EqualOpportunityGap(k, g),
-                    equalized_odds_gap=M.EqualizedOddsGap(k, g),
+                    equal_opportunity_gap=M.EqualOpportunityGapMetric(k, g),
+                    equalized_odds_gap=M.EqualizedOddsGapMetric(k, g),
                 )
             device = next((p.device for p in self.parameters()), None)  # type: ignore[attr-defined]
             collection = MetricCollection(members, prefix=f"{stage}/").to(device)
@@ -224,7 +225,7 @@ class AutoBalanceMixin:
     def on_train_epoch_start(self) -> None:
         """Tell an epoch-scheduled loss (e.g. LDAM with deferred re-weighting) which epoch starts."""
         loss = self.__dict__.get(_LOSS_ATTRIBUTE)
-        if loss is not None and hasattr(loss, "set_epoch"):
+        if isinstance(loss, EpochScheduled):
             loss.set_epoch(self.current_epoch)  # type: ignore[attr-defined]
 
 

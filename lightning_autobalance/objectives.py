@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_autobalance.data.labels import cell_index
+from lightning_autobalance.protocols import GroupObjective
 
 __all__ = [
     "OBJECTIVES",
@@ -76,6 +77,7 @@ __all__ = [
     "equal_opportunity_gap_loss",
     "equalized_odds_gap_loss",
     "get_objective",
+    "requires_groups",
     "worst_group_loss",
 ]
 
@@ -486,7 +488,7 @@ class Blend:
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"The blend weight lam must lie in [0, 1], got {lam}.")
         self.a, self.b, self.lam = get_objective(a), get_objective(b), lam
-        self.requires_groups = any(getattr(o, "requires_groups", False) for o in (self.a, self.b))
+        self.requires_groups = requires_groups(self.a) or requires_groups(self.b)
 
     def __call__(self, logits: Tensor, targets: Tensor, groups: Tensor | None = None) -> Tensor:
         if self.lam == 0.0:
@@ -537,3 +539,13 @@ def get_objective(objective: str | Objective) -> Objective:
             f"Unknown objective {objective!r}: choose one of {', '.join(OBJECTIVES)} or pass a callable.{hint}"
         )
     return OBJECTIVES[objective]
+
+
+def requires_groups(objective: object) -> bool:
+    """Whether an objective needs group labels: its declared ``requires_groups`` (:class:`GroupObjective`), else no.
+
+    Example:
+        >>> requires_groups(get_objective("worst_group")), requires_groups(get_objective("balanced"))
+        (True, False)
+    """
+    return isinstance(objective, GroupObjective) and bool(objective.requires_groups)

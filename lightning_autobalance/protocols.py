@@ -2,7 +2,8 @@
 
 Each protocol names what one side needs from the other and nothing more: a hyper-step engine, a linear solver, the
 operator a solver may read densely, the tunable loss the engines differentiate and the hooks a module defines for the
-last-layer engine. They are structural: an object conforms by having the members, without inheriting from anything.
+last-layer engine, and the optional abilities of a loss or an objective the callback, the mixin and the checks
+ask about. They are structural: an object conforms by having the members, without inheriting from anything.
 The ``runtime_checkable`` ones are what the package itself checks with :func:`isinstance`.
 
 Example:
@@ -14,11 +15,18 @@ Example:
     False
     >>> isinstance(torch.nn.Linear(2, 2), FeatureHookModule)
     False
+    >>> from lightning_autobalance.losses import ParametricCrossEntropy
+    >>> from lightning_autobalance.objectives import WorstGroup, balanced_cross_entropy
+    >>> isinstance(ParametricCrossEntropy(num_classes=3), SeededAugmentation)
+    True
+    >>> isinstance(WorstGroup(), GroupObjective), isinstance(balanced_cross_entropy, GroupObjective)
+    (True, False)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
@@ -29,11 +37,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DenseOperator",
+    "EpochScheduled",
     "FeatureHookModule",
+    "GroupObjective",
     "HyperStepEngine",
     "LinearSolver",
     "MatVec",
     "SampleCoupling",
+    "SeededAugmentation",
     "TrainBatchPolicy",
     "TunableLoss",
     "Vectors",
@@ -127,3 +138,34 @@ class FeatureHookModule(Protocol):
     def autobalance_head(self) -> nn.Linear:
         """The last layer."""
         ...
+
+
+@runtime_checkable
+class SeededAugmentation(Protocol):
+    """A loss with training-time augmentation whose random draws follow a seed and can be held fixed.
+
+    The callback sets ``augmentation_seed`` to the run's seed (so a resumed run draws the same) and evaluates every
+    hyper-step inside ``fixed_augmentation(seed)``, so the engine sees the same draws each time it calls the loss.
+    """
+
+    augmentation_seed: int
+
+    def fixed_augmentation(self, seed: int) -> AbstractContextManager[None]:
+        """A context in which every batch's draws are a function of ``seed`` and the batch."""
+        ...
+
+
+@runtime_checkable
+class EpochScheduled(Protocol):
+    """A loss that changes with the epoch (e.g. LDAM's deferred re-weighting); the mixin calls ``set_epoch``."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the loss which epoch starts."""
+        ...
+
+
+@runtime_checkable
+class GroupObjective(Protocol):
+    """A held-out objective that says whether it needs group labels (an objective without the flag does not)."""
+
+    requires_groups: bool

@@ -751,3 +751,13 @@ def test_public_api_is_documented() -> None:
     for name in M.__all__:
         obj = getattr(M, name)
         assert obj.__doc__ and ">>>" in obj.__doc__, name
+
+
+def test_the_metric_names_shared_with_the_objectives_are_aliases_of_the_metric_classes():
+    import lightning_autobalance as lab
+    from lightning_autobalance import objectives
+
+    assert M.EqualOpportunityGap is M.EqualOpportunityGapMetric
+    assert M.EqualizedOddsGap is M.EqualizedOddsGapMetric
+    assert lab.EqualOpportunityGap is objectives.EqualOpportunityGap  # the package root's are the objectives
+    assert lab.EqualizedOddsGap is objectives.EqualizedOddsGap

@@ -22,6 +22,7 @@ from lightning_autobalance.objectives import (
     equal_opportunity_gap_loss,
     equalized_odds_gap_loss,
     get_objective,
+    requires_groups,
     worst_group_loss,
 )
 
@@ -357,3 +358,12 @@ def test_absent_class_keeps_gradients_finite_with_smooth_extremes(objective):
     grad = _grad(value, logits)
     assert torch.isfinite(value) and torch.isfinite(grad).all()
     assert torch.equal(grad[~keep], torch.zeros_like(grad[~keep]))
+
+
+def test_requires_groups_reads_the_declared_flag_and_defaults_to_no():
+    assert requires_groups(WorstGroup()) and requires_groups(EqualizedOddsGap())
+    assert not requires_groups(WorstGroup(over="class"))
+    assert not requires_groups(balanced_cross_entropy)
+    assert not requires_groups(lambda logits, targets, groups=None: logits.sum())  # a user's plain function
+    assert requires_groups(Blend("balanced", "worst_group"))
+    assert not requires_groups(Blend("balanced", WorstGroup(over="class")))

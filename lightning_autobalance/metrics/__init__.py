@@ -25,7 +25,8 @@ the state and ``update``) with a functional twin that shares the counting and th
 * :class:`EqualOpportunityGapMetric` / :func:`equal_opportunity_gap`: max − min true-positive rate over groups
   (also exported under its former name ``EqualOpportunityGap``, an alias; the package root's
   ``EqualOpportunityGap`` is the training objective :class:`lightning_autobalance.objectives.EqualOpportunityGap`);
-* :class:`EqualizedOddsGap` / :func:`equalized_odds_gap`: larger of the TPR gap and the FPR gap.
+* :class:`EqualizedOddsGapMetric` / :func:`equalized_odds_gap`: larger of the TPR gap and the FPR gap (also
+  exported as ``EqualizedOddsGap``, an alias; the package root's ``EqualizedOddsGap`` is the training objective).
 
 Inputs (``update(preds, target, groups=None)`` and the functions): ``preds`` are either logits or
 probabilities (float tensor of shape ``(N, K)``, reduced with ``argmax``) or predicted labels (integer
@@ -81,6 +82,7 @@ from lightning_autobalance.metrics.counts import TensorLike as TensorLike
 from lightning_autobalance.metrics.fairness import (
     DemographicParityGap,
     EqualizedOddsGap,
+    EqualizedOddsGapMetric,
     EqualOpportunityGap,
     EqualOpportunityGapMetric,
 )
@@ -115,6 +117,7 @@ __all__ = [
     "EqualOpportunityGap",
     "EqualOpportunityGapMetric",
     "EqualizedOddsGap",
+    "EqualizedOddsGapMetric",
     "Error",
     "GroupConfusionMetric",
     "GroupErrors",

@@ -7,9 +7,10 @@ multiclass tasks take each class in turn as the positive one (one-vs-rest) and r
 
 Each gap is a small subclass of one base that holds the counts, the ``reduction`` and these conventions, and
 that differs from its siblings only by its per-class gaps (:meth:`per_class_gaps`); their functional forms are
-in :mod:`lightning_autobalance.metrics.functional`. :class:`EqualOpportunityGapMetric` is also exported under
-its former name ``EqualOpportunityGap``, which :class:`lightning_autobalance.objectives.EqualOpportunityGap`
-(the differentiable training objective) also bears.
+in :mod:`lightning_autobalance.metrics.functional`. :class:`EqualOpportunityGapMetric` and
+:class:`EqualizedOddsGapMetric` are also exported under their former names ``EqualOpportunityGap`` and
+``EqualizedOddsGap``, which the differentiable training objectives of :mod:`lightning_autobalance.objectives` (and
+the package root) also bear.
 
 Example:
     >>> import torch
@@ -38,6 +39,7 @@ __all__ = [
     "EqualOpportunityGap",
     "EqualOpportunityGapMetric",
     "EqualizedOddsGap",
+    "EqualizedOddsGapMetric",
     "RateGapMetric",
     "Reduction",
 ]
@@ -213,7 +215,7 @@ class EqualOpportunityGapMetric(RateGapMetric):
 EqualOpportunityGap = EqualOpportunityGapMetric  # the former name, kept as an alias (see the class docstring)
 
 
-class EqualizedOddsGap(RateGapMetric):
+class EqualizedOddsGapMetric(RateGapMetric):
     r"""Equalized-odds gap: the larger of the true-positive-rate gap and the false-positive-rate gap.
 
     For a positive class :math:`c`, with :math:`\Delta^{TPR}_c` the gap of :class:`EqualOpportunityGapMetric`
@@ -229,10 +231,14 @@ class EqualizedOddsGap(RateGapMetric):
     multiclass tasks, ``reduction`` and the arguments: see :class:`RateGapMetric`; ``reduction="mean"``
     averages the per-class worst case over classes.
 
+    ``lightning_autobalance.metrics.EqualizedOddsGap`` is this class under its former name (an alias); the package
+    root's ``EqualizedOddsGap`` is the differentiable training objective
+    :class:`lightning_autobalance.objectives.EqualizedOddsGap`, not this metric.
+
     Example:
         >>> import torch
         >>> preds, target = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0]), torch.tensor([1, 1, 0, 0, 1, 1, 0, 0])
-        >>> metric = EqualizedOddsGap(num_classes=2, num_groups=2)
+        >>> metric = EqualizedOddsGapMetric(num_classes=2, num_groups=2)
         >>> metric(preds, target, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))  # forward: the value on this batch
         tensor(1.)
     """
@@ -243,3 +249,6 @@ class EqualizedOddsGap(RateGapMetric):
     def per_class_gaps(rates: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
         """Per class the larger of the TPR and FPR gaps (``fmax`` ignores an undefined one)."""
         return torch.fmax(_rate_gaps(*rates["tpr"]), _rate_gaps(*rates["fpr"]))
+
+
+EqualizedOddsGap = EqualizedOddsGapMetric  # the former name, kept as an alias (see the class docstring)

@@ -29,7 +29,7 @@ from lightning_autobalance.metrics.classwise import BalancedError, ClassErrors, 
 from lightning_autobalance.metrics.counts import TensorLike, confusion_counts
 from lightning_autobalance.metrics.fairness import (
     DemographicParityGap,
-    EqualizedOddsGap,
+    EqualizedOddsGapMetric,
     EqualOpportunityGapMetric,
     Reduction,
 )
@@ -221,7 +221,7 @@ def equalized_odds_gap(
     reduction: Reduction = "max",
     validate_args: bool = True,
 ) -> Tensor:
-    """Larger of the TPR gap and the FPR gap over groups; functional form of :class:`EqualizedOddsGap`.
+    """Larger of the TPR gap and the FPR gap over groups; functional form of :class:`EqualizedOddsGapMetric`.
 
     Binary tasks: class 1 is positive (fairlearn's ``equalized_odds_difference``, ``agg="worst_case"``).
     Multiclass: per class ``max(TPR gap, FPR gap)`` one-vs-rest, reduced by ``reduction``.
@@ -239,7 +239,7 @@ def equalized_odds_gap(
         tensor(1.)
     """
     counts = confusion_counts(preds, target, groups, num_classes, num_groups, validate_args)
-    return EqualizedOddsGap.from_counts(counts, reduction=reduction)
+    return EqualizedOddsGapMetric.from_counts(counts, reduction=reduction)
 
 
 def group_errors(
