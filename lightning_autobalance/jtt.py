@@ -26,7 +26,7 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from lightning_autobalance._checks import check_integer
 from lightning_autobalance.batches import unpack_batch
-from lightning_autobalance.data.labels import dataset_labels, group_class_counts
+from lightning_autobalance.data.labels import dataset_labels, group_class_counts, label_space
 from lightning_autobalance.data.resample import Upsample
 
 __all__ = ["JTTReport", "error_set", "jtt"]
@@ -215,8 +215,7 @@ def jtt(
     )  # fmt: skip
     errors = error_set(stage1, ordered)
     targets, groups = dataset_labels(dataset)
-    num_classes = int(getattr(datamodule, "num_classes", None) or int(targets.max()) + 1)
-    num_groups = 1 if groups is None else int(getattr(datamodule, "num_groups", None) or int(groups.max()) + 1)
+    num_classes, num_groups = label_space(datamodule, targets, groups)
     counts = group_class_counts(targets, groups, num_groups, num_classes)
     error_counts = group_class_counts(targets[errors], None if groups is None else groups[errors], *counts.shape)
     report = JTTReport(errors, targets.numel(), stage1_epochs, upweight, counts, error_counts, stage1)

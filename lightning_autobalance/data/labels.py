@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-__all__ = ["cell_index", "dataset_labels", "group_class_counts"]
+__all__ = ["cell_index", "dataset_labels", "group_class_counts", "label_space"]
 
 
 def cell_index(targets: Tensor, groups: Tensor | None, num_classes: int) -> Tensor:
@@ -37,6 +37,25 @@ def group_class_counts(targets: Tensor, groups: Tensor | None, num_groups: int, 
     """
     cells = cell_index(targets, groups, num_classes)
     return torch.bincount(cells, minlength=num_groups * num_classes).view(num_groups, num_classes)
+
+
+def label_space(datamodule: object, targets: Tensor, groups: Tensor | None) -> tuple[int, int]:
+    """``(num_classes, num_groups)`` of training labels: what the datamodule declares, else one past the largest label.
+
+    ``num_classes`` and ``num_groups`` are optional attributes of a user's datamodule (a missing or zero one is
+    read off the labels); without group labels there is one group.
+
+    Example:
+        >>> class Data:
+        ...     num_classes = 5
+        >>> label_space(Data(), torch.tensor([0, 2]), torch.tensor([1, 0]))
+        (5, 2)
+        >>> label_space(object(), torch.tensor([3]), None)
+        (4, 1)
+    """
+    num_classes = int(getattr(datamodule, "num_classes", None) or int(targets.max()) + 1)
+    num_groups = 1 if groups is None else int(getattr(datamodule, "num_groups", None) or int(groups.max()) + 1)
+    return num_classes, num_groups
 
 
 def _as_long(values: Any, name: str = "labels") -> Tensor:

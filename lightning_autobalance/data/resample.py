@@ -40,7 +40,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_autobalance._checks import check_integer
-from lightning_autobalance.data.labels import cell_index, dataset_labels, group_class_counts
+from lightning_autobalance.data.labels import cell_index, dataset_labels, group_class_counts, label_space
 from lightning_autobalance.data.split import (
     ResumableLoader,
     ResumableSampler,
@@ -167,11 +167,7 @@ class _TrainingResample(pl.LightningDataModule, ABC):
         if targets.numel() == 0:
             raise ValueError(f"The training data of {type(self.datamodule).__name__} is empty: nothing to resample.")
         self.run_seed = resolve_seed(self.seed)
-        self.num_classes = int(getattr(self.datamodule, "num_classes", None) or int(targets.max()) + 1)
-        if groups is None:
-            self.num_groups = 1
-        else:
-            self.num_groups = int(getattr(self.datamodule, "num_groups", None) or int(groups.max()) + 1)
+        self.num_classes, self.num_groups = label_space(self.datamodule, targets, groups)
         if int(targets.min()) < 0 or int(targets.max()) >= self.num_classes:
             raise ValueError(f"Training labels must lie in [0, {self.num_classes}): remap them.")
         if groups is not None and (int(groups.min()) < 0 or int(groups.max()) >= self.num_groups):
