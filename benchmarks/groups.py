@@ -187,12 +187,12 @@ class _Job:
         return model
 
     def metrics(self, model: Any, loader: Any) -> dict[str, float]:
-        from lightning_autobalance.cli import predict_labels
         from lightning_autobalance.metrics import (
             mean_group_accuracy,
             weighted_average_accuracy,
             worst_group_accuracy,
         )
+        from lightning_autobalance.report import predict_labels
 
         preds, targets, groups = predict_labels(model, loader)
         sizes = {"num_classes": 2, "num_groups": self.num_groups}
