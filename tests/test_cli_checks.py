@@ -184,11 +184,11 @@ def test_data_integer_fields_name_the_key_and_value(tmp_path, key, value):
 def test_datamodule_batch_size_message_names_the_argument():
     from lightning_autobalance.data import MNIST1DLongTail, SpuriousMNIST1D
 
-    with pytest.raises(ValueError, match=r"batch_size must be ≥ 1, got .*batch_size=0"):
+    with pytest.raises(ValueError, match=r"batch_size must be an integer ≥ 1, got 0: e\.g\. batch_size=64"):
         MNIST1DLongTail(batch_size=0)
-    with pytest.raises(ValueError, match=r"test_per_class and batch_size must be ≥ 1, got test_per_class=0"):
+    with pytest.raises(ValueError, match=r"test_per_class must be an integer ≥ 1, got 0: e\.g\. test_per_class=300"):
         MNIST1DLongTail(test_per_class=0)
-    with pytest.raises(ValueError, match=r"batch_size must be ≥ 1, got .*batch_size=0"):
+    with pytest.raises(ValueError, match=r"batch_size must be an integer ≥ 1, got 0: e\.g\. batch_size=64"):
         SpuriousMNIST1D(batch_size=0)
 
 

@@ -92,8 +92,12 @@ def test_step_profile():
             ValueError,
             "imbalance_ratio .* must be ≥ 1",
         ),
-        ({"n_max": 100, "num_classes": 1, "imbalance_ratio": 10}, ValueError, "num_classes must be ≥ 2, got 1"),
-        ({"n_max": 0, "num_classes": 10, "imbalance_ratio": 10}, ValueError, "n_max must be ≥ 1, got 0"),
+        (
+            {"n_max": 100, "num_classes": 1, "imbalance_ratio": 10},
+            ValueError,
+            "num_classes must be an integer ≥ 2, got 1",
+        ),
+        ({"n_max": 0, "num_classes": 10, "imbalance_ratio": 10}, ValueError, "n_max must be an integer ≥ 1, got 0"),
         (
             {"n_max": 100, "num_classes": 10, "imbalance_ratio": 10, "profile": "linear"},
             ValueError,
@@ -608,7 +612,13 @@ def test_mnist1d_different_seeds_give_different_data(tmp_path):
 
 
 def test_mnist1d_lt_rejects_bad_sizes():
-    with pytest.raises(ValueError, match="test_per_class and batch_size must be ≥ 1"):
+    with pytest.raises(ValueError, match="test_per_class must be an integer ≥ 1, got 0"):
         MNIST1DLongTail(test_per_class=0)
+    with pytest.raises(ValueError, match=r"test_per_class must be an integer ≥ 1, got 2\.5"):
+        MNIST1DLongTail(test_per_class=2.5)
+    with pytest.raises(ValueError, match="batch_size must be an integer ≥ 1, got True"):
+        MNIST1DLongTail(batch_size=True)
+    with pytest.raises(ValueError, match="seed must be an integer ≥ 0, got -1"):
+        MNIST1DLongTail(seed=-1)
     with pytest.raises(ValueError, match=r"imbalance_ratio .* must be ≥ 1"):
         MNIST1DLongTail(imbalance_ratio=0.1)

@@ -106,6 +106,9 @@ def test_heldout_split_of_spurious_data_covers_every_cell(spurious, monkeypatch)
         ({"n_train": 201}, "even"),
         ({"n_train": 20, "majority_fraction": 0.95}, "minority cell has 0"),
         ({"test_per_cell": 0}, "test_per_cell"),
+        ({"n_train": 400.0}, "n_train must be an even integer ≥ 8"),
+        ({"test_per_cell": 1.5}, "test_per_cell must be an integer ≥ 1, got 1.5"),
+        ({"seed": -2}, "seed must be an integer ≥ 0, got -2"),
     ],
 )
 def test_spurious_rejects_bad_arguments(kwargs, match):

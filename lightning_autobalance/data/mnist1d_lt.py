@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from lightning_autobalance._checks import check_integer
 from lightning_autobalance.data.profiles import Profile, long_tail_counts
 from lightning_autobalance.files import write_atomic
 
@@ -69,23 +70,18 @@ class MNIST1DDataModule(pl.LightningDataModule, ABC):
     ``train_set`` and ``test_set`` in ``setup``; the training loader shuffles, the test loader reads batches of 512.
 
     Args:
-        test_size: ``(name, value, example)`` of the subclass's test-set size argument, for the error message.
-        batch_size: batch size of the training loader.
-        seed: seed of the generated sequences.
+        batch_size: batch size of the training loader (an integer ≥ 1).
+        seed: seed of the generated sequences (an integer ≥ 0).
         root: cache folder (default :func:`default_cache_dir`).
     """
 
     train_set: Dataset
     test_set: Dataset
 
-    def __init__(self, test_size: tuple[str, int, int], batch_size: int, seed: int, root: str | None) -> None:
+    def __init__(self, batch_size: int, seed: int, root: str | None) -> None:
         super().__init__()
-        name, value, example = test_size
-        if value < 1 or batch_size < 1:
-            raise ValueError(
-                f"{name} and batch_size must be ≥ 1, got {name}={value} and batch_size={batch_size}: e.g. "
-                f"{name}={example} batch_size=64."
-            )
+        check_integer("batch_size", batch_size, 1, advice=": e.g. batch_size=64")
+        check_integer("seed", seed, 0, advice=": e.g. seed=0")
         self.batch_size, self.seed, self.root = batch_size, seed, root
 
     @abstractmethod
@@ -144,7 +140,8 @@ class MNIST1DLongTail(MNIST1DDataModule):
         root: str | None = None,
     ) -> None:
         counts = long_tail_counts(n_max, NUM_CLASSES, imbalance_ratio, profile)
-        super().__init__(("test_per_class", test_per_class, 300), batch_size, seed, root)
+        check_integer("test_per_class", test_per_class, 1, advice=": e.g. test_per_class=300")
+        super().__init__(batch_size, seed, root)
         self.counts, self.n_max, self.test_per_class = counts, n_max, test_per_class
 
     def sequences_per_digit(self) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from lightning_autobalance._checks import check_integer
+
 __all__ = ["PROFILES", "Profile", "long_tail_counts"]
 
 Profile = Literal["exponential", "step"]
@@ -35,10 +37,8 @@ def long_tail_counts(
         >>> long_tail_counts(1000, 4, 10, "step")
         [1000, 1000, 100, 100]
     """
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be ≥ 2, got {num_classes}.")
-    if n_max < 1:
-        raise ValueError(f"n_max must be ≥ 1, got {n_max}.")
+    check_integer("num_classes", num_classes, 2)
+    check_integer("n_max", n_max, 1)
     if not imbalance_ratio >= 1:
         raise ValueError(f"imbalance_ratio ρ = n_max / n_min must be ≥ 1, got {imbalance_ratio}.")
     if profile == "exponential":

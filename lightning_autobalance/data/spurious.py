@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_autobalance._checks import check_integer, is_integer
 from lightning_autobalance.data.labels import group_class_counts
 from lightning_autobalance.data.mnist1d_lt import MNIST1DDataModule
 
@@ -145,14 +146,15 @@ class SpuriousMNIST1D(MNIST1DDataModule):
         seed: int = 0,
         root: str | None = None,
     ) -> None:
-        if n_train < 8 or n_train % 2:
-            raise ValueError(f"n_train must be an even integer ≥ 8 (half of each class), got {n_train}.")
+        if not is_integer(n_train) or n_train < 8 or n_train % 2:
+            raise ValueError(f"n_train must be an even integer ≥ 8 (half of each class), got {n_train!r}.")
         if not 0.5 <= majority_fraction < 1.0:
             raise ValueError(
                 f"majority_fraction must lie in [0.5, 1) so every (group, class) cell has samples, got "
                 f"{majority_fraction}: 0.95 is the Waterbirds-like default."
             )
-        super().__init__(("test_per_cell", test_per_cell, 250), batch_size, seed, root)
+        check_integer("test_per_cell", test_per_cell, 1, advice=": e.g. test_per_cell=250")
+        super().__init__(batch_size, seed, root)
         self.n_train, self.majority_fraction, self.strength = n_train, majority_fraction, float(strength)
         self.test_per_cell = test_per_cell
         minority = self.expected_group_class_counts()[0, 1]
