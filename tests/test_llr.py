@@ -253,7 +253,7 @@ def test_bilevel_anchor_penalty_hand_computed_and_infinite_limit():
 def test_bad_inputs_new_options_name_the_argument():
     x, y = _small_cell_problem()
     for bad in (-1, 2.5, True):
-        with pytest.raises(ValueError, match="min_cell_size must be an integer >= 0"):
+        with pytest.raises(ValueError, match="min_cell_size must be an integer ≥ 0"):
             bilevel_weights(x, y, min_cell_size=bad)
     for bad in (-0.1, math.nan):
         with pytest.raises(ValueError, match="anchor must be >= 0"):

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.datasets import CelebA as TorchvisionCelebA
 
+from lightning_autobalance._checks import check_integer
 from lightning_autobalance.data.image_splits import SplitGroupDataModule, open_torchvision
 from lightning_autobalance.data.image_transforms import group_dro_transform
 
@@ -261,8 +262,9 @@ class CelebA(SplitGroupDataModule):
         self.sensitive_index = check_attribute(sensitive, "sensitive")
         if target == sensitive:
             raise ValueError(f"The target and the sensitive attribute are both {target!r}: choose two different ones.")
-        if batch_size < 1 or num_workers < 0 or image_size < 1 or crop_size < 1:
-            raise ValueError("batch_size, image_size and crop_size must be ≥ 1 and num_workers ≥ 0.")
+        sizes = {"batch_size": batch_size, "image_size": image_size, "crop_size": crop_size}
+        for name, value in (*sizes.items(), ("num_workers", num_workers)):
+            check_integer(name, value, 0 if name == "num_workers" else 1)
         self.root, self.target, self.sensitive = root, target, sensitive
         self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment
         self.image_size, self.crop_size, self.verify_md5 = image_size, crop_size, verify_md5

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, CIFAR100
 
+from lightning_autobalance._checks import check_integer
 from lightning_autobalance.data.image_splits import ImageDataModule, open_torchvision
 from lightning_autobalance.data.profiles import Profile, long_tail_counts
 
@@ -161,8 +162,8 @@ class CIFARLongTail(ImageDataModule):
         verify_md5: bool = True,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or num_workers < 0:
-            raise ValueError(f"batch_size must be ≥ 1 and num_workers ≥ 0, got {batch_size} and {num_workers}.")
+        check_integer("batch_size", batch_size, 1)
+        check_integer("num_workers", num_workers, 0)
         if n_max is not None:
             long_tail_counts(n_max, self.num_classes, imbalance_ratio, profile)  # validate early
         else:

@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from lightning_autobalance._checks import check_integer
 from lightning_autobalance.data.image_splits import SplitGroupDataModule
 from lightning_autobalance.data.image_transforms import IMAGENET_MEAN, IMAGENET_STD, group_dro_transform
 
@@ -155,8 +156,12 @@ class Waterbirds(SplitGroupDataModule):
         self, root: str, batch_size: int = 64, num_workers: int = 0, augment: bool = False, image_size: int = 224
     ) -> None:
         super().__init__()
-        if batch_size < 1 or num_workers < 0 or image_size < 1:
-            raise ValueError("batch_size and image_size must be ≥ 1 and num_workers ≥ 0.")
+        for name, value, minimum in (
+            ("batch_size", batch_size, 1),
+            ("image_size", image_size, 1),
+            ("num_workers", num_workers, 0),
+        ):
+            check_integer(name, value, minimum)
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
         self.augment, self.image_size = augment, image_size
 

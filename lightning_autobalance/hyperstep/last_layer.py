@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_autobalance._checks import check_integer
 from lightning_autobalance.batches import unpack_batch
 from lightning_autobalance.hypergrad import HypergradientResult, last_layer_hypergradient
 from lightning_autobalance.hyperstep.cache import FeatureCache
@@ -71,8 +72,7 @@ class LastLayer:
     def __post_init__(self) -> None:
         if self.train_features not in ("cached", "fresh"):
             raise ValueError(f"train_features must be 'cached' or 'fresh', got {self.train_features!r}.")
-        if self.cache_size < 1:
-            raise ValueError(f"cache_size must be ≥ 1, got {self.cache_size}.")
+        check_integer("cache_size", self.cache_size, 1)
 
     def _cache(self, module: nn.Module, loss: nn.Module) -> FeatureCache:
         """The engine's feature cache, watching ``module`` and ``loss`` (created on first use)."""

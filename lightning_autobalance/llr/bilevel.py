@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_autobalance._checks import check_integer
 from lightning_autobalance.data.labels import cell_index
 from lightning_autobalance.data.split import stratified_split
 from lightning_autobalance.llr.checks import check_features, check_groups, check_ridge, check_targets
@@ -185,11 +186,8 @@ class BilevelOptions(ObjectiveOptions):
         super().__post_init__()
         if not (0.0 < float(self.val_fraction) < 1.0):
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if int(self.steps) < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
-        size = self.min_cell_size
-        if isinstance(size, bool) or int(size) != size or size < 0:
-            raise ValueError(f"min_cell_size must be an integer >= 0 (validation samples per cell), got {size}")
+        check_integer("steps", self.steps, 0)
+        check_integer("min_cell_size", self.min_cell_size, 0, meaning=" (validation samples per cell)")
         anchor = float(self.anchor)
         if math.isnan(anchor) or anchor < 0:
             raise ValueError(f"anchor must be >= 0 (0 switches the prior-ratio penalty off, inf pins it), got {anchor}")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_autobalance._checks import check_integer
 from lightning_autobalance.llr.checks import check_features, check_groups, check_ridge, check_targets
 from lightning_autobalance.llr.optim import minimise_lbfgs
 
@@ -246,8 +247,8 @@ def fit_last_layer(
     """
     if loss not in ("square", "ce"):
         raise ValueError(f"loss must be 'square' or 'ce', got {loss!r}")
-    if loss == "ce" and int(max_iter) < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    if loss == "ce":
+        check_integer("max_iter", max_iter, 1)
     x = check_features(features)
     out_dtype = x.dtype
     n, d = x.shape

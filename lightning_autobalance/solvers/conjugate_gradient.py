@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lightning_autobalance._checks import check_integer
 from lightning_autobalance.protocols import MatVec, Vectors
 from lightning_autobalance.solvers.base import Solver, dot
 
@@ -50,8 +51,7 @@ class ConjugateGradient(Solver):
     _memory: dict[str, Vectors] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.iters < 1:
-            raise ValueError(f"ConjugateGradient iters must be ≥ 1, got {self.iters}.")
+        check_integer("ConjugateGradient iters", self.iters, 1)
         if self.damping < 0:
             raise ValueError(f"ConjugateGradient damping must be ≥ 0, got {self.damping}.")
 

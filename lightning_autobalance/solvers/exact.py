@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_autobalance._checks import check_integer
 from lightning_autobalance.protocols import DenseOperator, MatVec, Vectors
 from lightning_autobalance.solvers.base import Solver, flatten, unflatten
 from lightning_autobalance.solvers.conjugate_gradient import ConjugateGradient
@@ -72,8 +73,7 @@ class Exact(Solver):
     def __post_init__(self) -> None:
         if self.damping < 0:
             raise ValueError(f"Exact damping must be ≥ 0, got {self.damping}.")
-        if self.max_dense < 1:
-            raise ValueError(f"Exact max_dense must be ≥ 1, got {self.max_dense}.")
+        check_integer("Exact max_dense", self.max_dense, 1)
         if not 0 <= self.rcond < 1:
             raise ValueError(f"Exact rcond must lie in [0, 1), got {self.rcond}.")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lightning_autobalance._checks import check_integer
 from lightning_autobalance.protocols import MatVec, Vectors
 from lightning_autobalance.solvers.base import Solver
 
@@ -41,8 +42,7 @@ class Neumann(Solver):
     alpha: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.terms < 0:
-            raise ValueError(f"Neumann terms must be ≥ 0, got {self.terms}.")
+        check_integer("Neumann terms", self.terms, 0)
         if not self.alpha > 0:
             raise ValueError(f"Neumann alpha (the step η) must be positive, got {self.alpha}.")
 
