@@ -262,9 +262,10 @@ class CelebA(SplitGroupDataModule):
         self.sensitive_index = check_attribute(sensitive, "sensitive")
         if target == sensitive:
             raise ValueError(f"The target and the sensitive attribute are both {target!r}: choose two different ones.")
-        sizes = {"batch_size": batch_size, "image_size": image_size, "crop_size": crop_size}
-        for name, value in (*sizes.items(), ("num_workers", num_workers)):
-            check_integer(name, value, 0 if name == "num_workers" else 1)
+        check_integer("batch_size", batch_size, 1)
+        check_integer("image_size", image_size, 1)
+        check_integer("crop_size", crop_size, 1)
+        check_integer("num_workers", num_workers, 0)
         self.root, self.target, self.sensitive = root, target, sensitive
         self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment
         self.image_size, self.crop_size, self.verify_md5 = image_size, crop_size, verify_md5

@@ -156,12 +156,9 @@ class Waterbirds(SplitGroupDataModule):
         self, root: str, batch_size: int = 64, num_workers: int = 0, augment: bool = False, image_size: int = 224
     ) -> None:
         super().__init__()
-        for name, value, minimum in (
-            ("batch_size", batch_size, 1),
-            ("image_size", image_size, 1),
-            ("num_workers", num_workers, 0),
-        ):
-            check_integer(name, value, minimum)
+        check_integer("batch_size", batch_size, 1)
+        check_integer("image_size", image_size, 1)
+        check_integer("num_workers", num_workers, 0)
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
         self.augment, self.image_size = augment, image_size
 
